@@ -1,0 +1,54 @@
+# aeguard's one entry point for set-up, running, tests and measurements.
+# Every target installs what it needs into .venv itself, so any of them works as the first command.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := proto/aeguard/v1/aeguard.proto
+STUBS := service/rpc/api/aeguard_pb2.py
+
+.PHONY: install proto run test test-fast lint bench quality clean
+
+install: $(STAMP) $(STUBS)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,spark,bench,dev]'
+	touch $@
+
+# Stubs are generated, never edited: protoc's path mapping makes them importable as service.rpc.api.
+$(STUBS): $(PROTO_SRC) $(STAMP)
+	mkdir -p service/rpc/api
+	$(PY) -m grpc_tools.protoc -Iservice/rpc/api=proto/aeguard/v1 \
+		--python_out=. --pyi_out=. --grpc_python_out=. service/rpc/api/aeguard.proto
+	touch service/rpc/api/__init__.py
+
+proto: $(STUBS)
+
+# The built-in default: train the default model on the bundled telemetry simulator, then serve it.
+run: install
+	$(PY) -m service.cli demo
+
+# The whole suite, slow tiers included (CI runs exactly this).
+test: install
+	$(PY) -m pytest -q
+
+# Unit and integration tiers only.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check service training tests
+	$(VENV)/bin/ruff format --check service training tests
+	$(VENV)/bin/mypy service training
+
+bench: install
+	$(PY) -m service.bench
+
+quality: install
+	$(PY) -m service.cli benchmark ../shared/datasets/adbench --out docs/quality.md
+
+clean:
+	rm -rf $(VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,149 @@
+"""The artifact contract: what one aeguard ONNX file holds, and how its metadata is read and checked.
+
+A model is a single ONNX file. Its graph maps raw inputs ``x`` (float32, ``[batch, n_features]``)
+to four outputs, and its ``metadata_props`` hold one JSON document under the key
+:data:`METADATA_KEY`. The trainer writes both; the server and the batch job read both. This
+module is the only place that knows the layout, so the two sides cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from service.errors import ModelLoadError
+
+#: Key under which the JSON metadata document lives in the ONNX ``metadata_props``.
+METADATA_KEY = "aeguard"
+#: Version of the metadata document's layout. Bump on incompatible changes.
+SCHEMA_VERSION = 1
+
+INPUT_NAME = "x"
+#: Mean squared reconstruction error per sample, in scaled space. Higher = more anomalous.
+OUTPUT_SCORE = "score"
+#: Squared reconstruction error per sample and feature, in scaled space.
+OUTPUT_FEATURE_ERRORS = "feature_errors"
+#: The encoder's codings, ``[batch, coding_size]``.
+OUTPUT_CODES = "codes"
+#: The reconstruction in raw units, ``[batch, n_features]``.
+OUTPUT_RECONSTRUCTION = "reconstruction"
+OUTPUT_NAMES = (OUTPUT_SCORE, OUTPUT_FEATURE_ERRORS, OUTPUT_CODES, OUTPUT_RECONSTRUCTION)
+
+#: Severity reported for a score below every threshold.
+SEVERITY_NONE = "none"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One alert level on the score.
+
+    ``method`` is how ``value`` was chosen: ``quantile`` (``param`` = the quantile of the
+    calibration scores), ``fpr`` (``param`` = target false-positive rate on calibration
+    scores), ``f1`` (``param`` = the F1 reached on the labelled split it was tuned on), or
+    ``fixed`` (``param`` = the value given).
+    """
+
+    name: str
+    value: float
+    method: str
+    param: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoreDistribution:
+    """Quantiles of the calibration scores: the reference for normalised scores and drift."""
+
+    probabilities: list[float]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The versioned JSON document stored in the artifact.
+
+    Only ``name``, ``version``, ``feature_names``, ``coding_size`` and ``thresholds`` are
+    needed to serve; the other sections are provenance and are kept as plain dictionaries so
+    that the trainer can add to them without a schema change.
+    """
+
+    name: str
+    version: str
+    feature_names: list[str]
+    coding_size: int
+    thresholds: list[Threshold]
+    score_distribution: ScoreDistribution
+    architecture: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def primary_threshold(self) -> Threshold:
+        """The lowest threshold: crossing it makes a sample an anomaly."""
+        return self.thresholds[0]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> ModelMetadata:
+        """Parse and check a metadata document; raise :class:`ModelLoadError` naming the problem."""
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{source}: metadata '{METADATA_KEY}' is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise ModelLoadError(f"{source}: metadata '{METADATA_KEY}' must be a JSON object")
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ModelLoadError(
+                f"{source}: metadata schema_version {version!r} is not supported "
+                f"(this aeguard reads {SCHEMA_VERSION}); re-export the model with this version"
+            )
+        missing = [k for k in ("name", "version", "feature_names", "coding_size", "thresholds",
+                               "score_distribution") if k not in doc]
+        if missing:
+            raise ModelLoadError(f"{source}: metadata lacks {', '.join(missing)}; "
+                                 "was it exported by `aeguard train`?")
+        try:
+            thresholds = [Threshold(**t) for t in doc.pop("thresholds")]
+            dist = ScoreDistribution(**doc.pop("score_distribution"))
+            meta = cls(thresholds=thresholds, score_distribution=dist, **doc)
+        except TypeError as exc:
+            raise ModelLoadError(f"{source}: malformed metadata ({exc})") from exc
+        meta.check(source)
+        return meta
+
+    def check(self, source: str = "model") -> None:
+        """Raise :class:`ModelLoadError` if the document is inconsistent."""
+        names = self.feature_names
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ModelLoadError(f"{source}: feature_names must be a non-empty list of names")
+        if len(set(names)) != len(names):
+            raise ModelLoadError(f"{source}: feature_names has duplicates")
+        if not isinstance(self.coding_size, int) or self.coding_size < 1:
+            raise ModelLoadError(f"{source}: coding_size must be a positive integer")
+        if not self.thresholds:
+            raise ModelLoadError(f"{source}: at least one threshold is required")
+        values = [t.value for t in self.thresholds]
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values):
+            raise ModelLoadError(f"{source}: threshold values must be finite and > 0, got {values}")
+        if values != sorted(values):
+            raise ModelLoadError(f"{source}: thresholds must be sorted from lowest to highest")
+        tnames = [t.name for t in self.thresholds]
+        if len(set(tnames)) != len(tnames) or SEVERITY_NONE in tnames:
+            raise ModelLoadError(
+                f"{source}: threshold names must be unique and not '{SEVERITY_NONE}', got {tnames}"
+            )
+        dist = self.score_distribution
+        if len(dist.probabilities) != len(dist.values) or len(dist.values) < 2:
+            raise ModelLoadError(f"{source}: score_distribution needs matching probabilities/values")

@@ -1,0 +1,206 @@
+"""Scoring with onnxruntime: numpy rows in, scores out. Shared by the server, the batch job and `aeguard evaluate`.
+
+Nothing here knows about gRPC, files or Spark, so every consumer scores identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service import artifact
+from service.artifact import ModelMetadata
+from service.errors import InvalidInputError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Scores for a batch of samples, one entry per row, in order."""
+
+    score: np.ndarray  # [n] float32, raw reconstruction error (higher = more anomalous)
+    normalized_score: np.ndarray  # [n] float32, score / primary threshold (1.0 = boundary)
+    severity_level: np.ndarray  # [n] int: 0 = none, i = thresholds[i-1] crossed (highest)
+    is_anomaly: np.ndarray  # [n] bool
+    feature_errors: np.ndarray | None  # [n, d] float32, when asked for
+
+    def severity_names(self, metadata: ModelMetadata) -> list[str]:
+        names = [artifact.SEVERITY_NONE, *(t.name for t in metadata.thresholds)]
+        return [names[i] for i in self.severity_level]
+
+
+def check_rows(x: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 ``[n, d]`` array, or raise naming the problem."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise InvalidInputError(f"samples must be a 2-D matrix [rows, features], got shape {x.shape}")
+    n, d = x.shape
+    if n == 0:
+        raise InvalidInputError("samples is empty: send at least one row")
+    if d != metadata.n_features:
+        raise InvalidInputError(
+            f"samples have {d} features per row, model '{metadata.name}' expects "
+            f"{metadata.n_features} ({', '.join(metadata.feature_names[:8])}"
+            f"{', ...' if metadata.n_features > 8 else ''})"
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise InvalidInputError(f"samples must be numeric, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        row, col = (int(i) for i in np.argwhere(~finite)[0])
+        bad = int((~finite).any(axis=1).sum())
+        raise InvalidInputError(
+            f"sample {row} feature {col} ('{metadata.feature_names[col]}') is {x[row, col]}: "
+            f"values must be finite ({bad} sample(s) affected"
+            + (", possibly overflowed float32" if np.isinf(x[row, col]) else "")
+            + ")"
+        )
+    return x
+
+
+class Scorer:
+    """One loaded model: an onnxruntime session plus its metadata.
+
+    Thread-safe: onnxruntime's ``InferenceSession.run`` may be called concurrently.
+    """
+
+    def __init__(self, session: ort.InferenceSession, metadata: ModelMetadata, source: str) -> None:
+        self.session = session
+        self.metadata = metadata
+        self.source = source
+        self._thresholds = np.array([t.value for t in metadata.thresholds], dtype=np.float64)
+        self._primary = float(self._thresholds[0])
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+    ) -> Scorer:
+        """Load, validate and warm up a model file; raise :class:`ModelLoadError` with advice."""
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ModelLoadError(f"{source}: no such model file")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types here
+            raise ModelLoadError(
+                f"{source}: onnxruntime cannot load this file ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}); is it an ONNX model written by `aeguard train`?"
+            ) from exc
+        return cls.from_session(session, source)
+
+    @classmethod
+    def from_session(cls, session: ort.InferenceSession, source: str) -> Scorer:
+        meta_map = session.get_modelmeta().custom_metadata_map
+        if artifact.METADATA_KEY not in meta_map:
+            raise ModelLoadError(
+                f"{source}: no '{artifact.METADATA_KEY}' metadata; this ONNX file was not "
+                "exported by `aeguard train` (re-export it with `aeguard train ... --out`)"
+            )
+        metadata = ModelMetadata.from_json(meta_map[artifact.METADATA_KEY], source)
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != artifact.INPUT_NAME:
+            raise ModelLoadError(
+                f"{source}: expected one input named '{artifact.INPUT_NAME}', "
+                f"got {[i.name for i in inputs]}"
+            )
+        width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
+        if width != metadata.n_features:
+            raise ModelLoadError(
+                f"{source}: input width {width} does not match the {metadata.n_features} "
+                "feature names in the metadata"
+            )
+        outputs = {o.name for o in session.get_outputs()}
+        missing = [o for o in artifact.OUTPUT_NAMES if o not in outputs]
+        if missing:
+            raise ModelLoadError(f"{source}: outputs {missing} are missing from the graph")
+        scorer = cls(session, metadata, source)
+        scorer.warm_up()
+        return scorer
+
+    def warm_up(self, rows: int = 8) -> None:
+        """Run a batch through every output once, so the first request pays no set-up cost."""
+        x = np.zeros((rows, self.metadata.n_features), dtype=np.float32)
+        result = self.session.run(None, {artifact.INPUT_NAME: x})
+        shapes = {o.name: r.shape for o, r in zip(self.session.get_outputs(), result, strict=True)}
+        if shapes[artifact.OUTPUT_SCORE] != (rows,) or shapes[artifact.OUTPUT_CODES] != (
+            rows,
+            self.metadata.coding_size,
+        ):
+            raise ModelLoadError(
+                f"{self.source}: warm-up produced shapes {shapes}, inconsistent with metadata "
+                f"(coding_size {self.metadata.coding_size})"
+            )
+
+    # -- scoring -------------------------------------------------------------------------
+    def score(self, x: np.ndarray, *, with_feature_errors: bool = False) -> ScoreBatch:
+        """Score rows of raw feature values (``[n, d]``)."""
+        x = check_rows(x, self.metadata)
+        names = [artifact.OUTPUT_SCORE]
+        if with_feature_errors:
+            names.append(artifact.OUTPUT_FEATURE_ERRORS)
+        out = self.session.run(names, {artifact.INPUT_NAME: x})
+        return self.classify(out[0], out[1] if with_feature_errors else None)
+
+    def classify(self, score: np.ndarray, feature_errors: np.ndarray | None = None) -> ScoreBatch:
+        """Turn raw scores into normalised scores, severities and anomaly flags."""
+        score = np.asarray(score, dtype=np.float32)
+        level = np.searchsorted(self._thresholds, score.astype(np.float64), side="right")
+        return ScoreBatch(
+            score=score,
+            normalized_score=(score / self._primary).astype(np.float32),
+            severity_level=level,
+            is_anomaly=level > 0,
+            feature_errors=feature_errors,
+        )
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """The encoder's codings ``[n, coding_size]`` for rows of raw feature values."""
+        x = check_rows(x, self.metadata)
+        return self.session.run([artifact.OUTPUT_CODES], {artifact.INPUT_NAME: x})[0]
+
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """The reconstruction in raw units ``[n, d]``."""
+        x = check_rows(x, self.metadata)
+        return self.session.run([artifact.OUTPUT_RECONSTRUCTION], {artifact.INPUT_NAME: x})[0]
+
+
+def top_features(
+    feature_errors: np.ndarray, feature_names: list[str], k: int
+) -> list[list[tuple[str, float, float]]]:
+    """Per row, the ``k`` features with the largest error: ``(name, error, share of total)``.
+
+    Ties are broken by feature order, so the answer is deterministic.
+    """
+    n, d = feature_errors.shape
+    k = max(0, min(k, d))
+    if k == 0:
+        return [[] for _ in range(n)]
+    order = np.argsort(-feature_errors, axis=1, kind="stable")[:, :k]
+    totals = feature_errors.sum(axis=1)
+    result = []
+    for i in range(n):
+        total = float(totals[i])
+        row = []
+        for j in order[i]:
+            err = float(feature_errors[i, j])
+            row.append((feature_names[j], err, err / total if total > 0 else 0.0))
+        result.append(row)
+    return result
