@@ -109,11 +109,15 @@ class ModelMetadata:
                 f"{source}: metadata schema_version {version!r} is not supported "
                 f"(this aeguard reads {SCHEMA_VERSION}); re-export the model with this version"
             )
-        missing = [k for k in ("name", "version", "feature_names", "coding_size", "thresholds",
-                               "score_distribution") if k not in doc]
+        missing = [
+            k
+            for k in ("name", "version", "feature_names", "coding_size", "thresholds", "score_distribution")
+            if k not in doc
+        ]
         if missing:
-            raise ModelLoadError(f"{source}: metadata lacks {', '.join(missing)}; "
-                                 "was it exported by `aeguard train`?")
+            raise ModelLoadError(
+                f"{source}: metadata lacks {', '.join(missing)}; was it exported by `aeguard train`?"
+            )
         try:
             thresholds = [Threshold(**t) for t in doc.pop("thresholds")]
             dist = ScoreDistribution(**doc.pop("score_distribution"))

@@ -30,8 +30,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: Which extra brings a missing top-level module, for a message a person can act on.
-EXTRAS = {"torch": "train", "onnx": "train", "sklearn": "train", "matplotlib": "train",
-          "onnxscript": "train", "pyspark": "spark", "pandas": "spark", "pyod": "bench"}
+EXTRAS = {
+    "torch": "train",
+    "onnx": "train",
+    "sklearn": "train",
+    "matplotlib": "train",
+    "onnxscript": "train",
+    "pyspark": "spark",
+    "pandas": "spark",
+    "pyod": "bench",
+}
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> str | None:

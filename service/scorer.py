@@ -1,4 +1,4 @@
-"""Scoring with onnxruntime: numpy rows in, scores out. Shared by the server, the batch job and `aeguard evaluate`.
+"""Scoring with onnxruntime: numpy rows in, scores out; shared by the server, batch job and `evaluate`.
 
 Nothing here knows about gRPC, files or Spark, so every consumer scores identically.
 """
@@ -96,9 +96,7 @@ class Scorer:
         opts.inter_op_num_threads = inter_op_threads
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several unrelated types here
             raise ModelLoadError(
                 f"{source}: onnxruntime cannot load this file ({type(exc).__name__}: "
@@ -118,8 +116,7 @@ class Scorer:
         inputs = session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != artifact.INPUT_NAME:
             raise ModelLoadError(
-                f"{source}: expected one input named '{artifact.INPUT_NAME}', "
-                f"got {[i.name for i in inputs]}"
+                f"{source}: expected one input named '{artifact.INPUT_NAME}', got {[i.name for i in inputs]}"
             )
         width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
         if width != metadata.n_features:
