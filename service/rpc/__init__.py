@@ -1,0 +1,1 @@
+"""The gRPC transport: servicer, converters, interceptors, server wiring and the `serve` command."""
