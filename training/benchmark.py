@@ -1,0 +1,179 @@
+"""`aeguard benchmark DIR`: detection quality of aeguard's defaults against peer detectors.
+
+Every NPZ file (arrays ``X`` and ``y``) in DIR is one dataset. Per dataset and seed, every detector
+is fitted on the same 60 % of the normal rows and tested on the other 40 % plus every anomaly
+(the novelty setting). The result is a markdown report: ROC-AUC and PR-AUC per dataset and
+detector, means, average rank and fit time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from service.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = "../shared/datasets/adbench"
+DEFAULT_SEEDS = "0,1,2"
+VERSIONED = ("aeguard", "numpy", "scikit-learn", "pyod", "torch", "onnxruntime", "onnx")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.benchmark_detectors import DETECTORS
+
+    parser.add_argument(
+        "directory",
+        nargs="?",
+        default=DEFAULT_DIR,
+        help=f"directory of NPZ files with X and y (default {DEFAULT_DIR})",
+    )
+    parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
+    parser.add_argument("--raw", type=Path, help="write every fit's figures to this CSV file")
+    parser.add_argument(
+        "--datasets", help="comma-separated dataset names to run (file stem or name without number prefix)"
+    )
+    parser.add_argument(
+        "--seeds", default=DEFAULT_SEEDS, help=f"comma-separated split seeds (default {DEFAULT_SEEDS})"
+    )
+    parser.add_argument(
+        "--detectors",
+        default=",".join(DETECTORS),
+        help=f"comma-separated detectors (default all: {','.join(DETECTORS)})",
+    )
+    parser.add_argument(
+        "--max-rows", type=int, default=20_000, help="subsample larger datasets to this many rows, stratified"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: up to 2)"
+    )
+
+
+def _csv(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _command(args: argparse.Namespace, detectors: list[str], seeds: list[int]) -> str:
+    parts = ["aeguard", "benchmark", str(args.directory), "--seeds", ",".join(map(str, seeds))]
+    parts += ["--detectors", ",".join(detectors), "--max-rows", str(args.max_rows), "--jobs", str(args.jobs)]
+    if args.datasets:
+        parts += ["--datasets", args.datasets]
+    if args.out:
+        parts += ["--out", str(args.out)]
+    return shlex.join(parts)
+
+
+def _versions() -> str:
+    found = []
+    for dist in VERSIONED:
+        try:
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "training", "service"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + (
+        " (with uncommitted changes in training/ or service/)" if dirty.stdout else ""
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from training import benchmark_report as report
+    from training.benchmark_data import TRAIN_FRACTION, list_npz, load_dataset
+    from training.benchmark_detectors import DETECTORS
+    from training.benchmark_run import Result, Task, run_benchmark
+
+    detectors = _csv(args.detectors)
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown or not detectors:
+        raise InvalidInputError(f"unknown detector(s) {unknown}; choose from {', '.join(DETECTORS)}")
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError as exc:
+        raise InvalidInputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from exc
+    if not seeds:
+        raise InvalidInputError("--seeds needs at least one seed")
+    if args.jobs < 1 or args.max_rows < 10:
+        raise InvalidInputError("--jobs must be >= 1 and --max-rows >= 10")
+
+    datasets = [
+        load_dataset(p, args.max_rows) for p in list_npz(Path(args.directory), _csv(args.datasets) or None)
+    ]
+    tasks = [Task(ds, seed, det) for ds in datasets for seed in seeds for det in detectors]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    log.info(
+        "benchmark: %d datasets x %d seeds x %d detectors = %d fits on %d worker(s), %d thread(s) each",
+        len(datasets), len(seeds), len(detectors), len(tasks), args.jobs, threads,
+    )  # fmt: skip
+
+    def progress(done: int, total: int, r: Result) -> None:
+        if r.error:
+            log.warning(
+                "[%d/%d] %s seed %d %s FAILED: %s", done, total, r.dataset, r.seed, r.detector, r.error
+            )
+        else:
+            log.info(
+                "[%d/%d] %-12s seed %d %-8s ROC-AUC %.3f PR-AUC %.3f fit %.2fs",
+                done, total, r.dataset, r.seed, r.detector, r.roc_auc, r.pr_auc, r.fit_s,
+            )  # fmt: skip
+
+    started = dt.datetime.now(dt.UTC)
+    results = run_benchmark(tasks, args.jobs, threads, progress)
+    elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
+
+    summary = report.summarize(results, [ds.name for ds in datasets], detectors)
+    header = [
+        "# Detection quality",
+        "",
+        f"- Command: `{_command(args, detectors, seeds)}`",
+        f"- Run: {started:%Y-%m-%d %H:%M} UTC, {elapsed_s / 60:.1f} min wall-clock, commit {_git_commit()}",
+        f"- Versions: {_versions()}",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores; {args.jobs} worker process(es) with "
+        f"{threads} thread(s) each, so fit times compare detectors on equal terms",
+        f"- Protocol (novelty): per dataset and seed ({', '.join(map(str, seeds))}), a seeded "
+        f"{TRAIN_FRACTION:.0%} of the normal rows is the training set for every detector; the test set is "
+        f"the other {1 - TRAIN_FRACTION:.0%} plus every anomaly. Datasets over {args.max_rows:,} rows are "
+        "subsampled first (stratified, fixed seed). Every detector runs with its default settings.",
+    ]
+    text = report.render_markdown(summary, datasets, results, header, {d: DETECTORS[d][1] for d in detectors})
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        log.info("report written to %s", args.out)
+    if args.raw:
+        report.write_csv(results, args.raw)
+        log.info("raw results written to %s", args.raw)
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        log.warning("%d of %d fits failed; see the report's Failures section", failed, len(results))
+    return 0 if failed < len(results) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m training.benchmark` as a shortcut
+    from service.cli import main
+
+    sys.exit(main(["benchmark", *sys.argv[1:]]))

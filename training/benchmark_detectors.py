@@ -1,0 +1,87 @@
+"""The detectors a benchmark compares: aeguard's own and the peers a data scientist would try first.
+
+Each entry builds a fresh, seeded detector with its library's default settings (no tuning for
+any dataset). Libraries are imported when a detector is built, so listing names costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Detector(Protocol):
+    """What the benchmark needs: ``fit`` on normal rows, then scores, higher = more anomalous."""
+
+    def fit(self, x: np.ndarray) -> Any: ...
+
+    def anomaly_score(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class _Adapter:
+    """Wraps an estimator whose ``score_fn(estimator, x)`` gives higher-is-more-anomalous scores."""
+
+    estimator: Any
+    score_fn: Callable[[Any, np.ndarray], np.ndarray]
+
+    def fit(self, x: np.ndarray) -> _Adapter:
+        self.estimator.fit(x)
+        return self
+
+    def anomaly_score(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.score_fn(self.estimator, x), dtype=np.float64).ravel()
+
+
+def _decision(est: Any, x: np.ndarray) -> np.ndarray:
+    return est.decision_function(x)
+
+
+def _aeguard(seed: int) -> Detector:
+    from training.detector import AutoencoderDetector
+
+    return _Adapter(AutoencoderDetector(random_state=seed), _decision)
+
+
+def _iforest(seed: int) -> Detector:
+    from sklearn.ensemble import IsolationForest
+
+    # sklearn's decision_function is higher = more normal; the negated score_samples is the anomaly score.
+    return _Adapter(IsolationForest(random_state=seed), lambda est, x: -est.score_samples(x))
+
+
+def _knn(seed: int) -> Detector:
+    from pyod.models.knn import KNN
+
+    return _Adapter(KNN(), _decision)
+
+
+def _pyod_ae(seed: int) -> Detector:
+    from pyod.models.auto_encoder import AutoEncoder
+
+    return _Adapter(AutoEncoder(random_state=seed, verbose=0, device="cpu"), _decision)
+
+
+def _ecod(seed: int) -> Detector:
+    from pyod.models.ecod import ECOD
+
+    return _Adapter(ECOD(), _decision)
+
+
+#: name -> (factory(seed) -> detector, one-line description for the report)
+DETECTORS: dict[str, tuple[Callable[[int], Detector], str]] = {
+    "aeguard": (_aeguard, "aeguard's AutoencoderDetector with its default settings, scored via ONNX"),
+    "knn": (_knn, "PyOD KNN (k=5, largest distance)"),
+    "pyod-ae": (_pyod_ae, "PyOD AutoEncoder (defaults: [64, 32] hidden, 10 epochs, standard scaling)"),
+    "iforest": (_iforest, "scikit-learn IsolationForest (100 trees)"),
+    "ecod": (_ecod, "PyOD ECOD"),
+}
+
+
+def build_detector(name: str, seed: int) -> Detector:
+    """A fresh detector ``name`` seeded with ``seed``."""
+    factory, _ = DETECTORS[name]
+    return factory(seed)
