@@ -1,0 +1,165 @@
+"""`aeguard score`: batch-score a CSV/Parquet file or Parquet dataset: in-process, via a server, or on Spark.
+
+Examples::
+
+    aeguard score --model model.onnx --input events.parquet --output scores.parquet --top-k 3
+    aeguard score --model model.onnx --input day/ --output scores.csv --id-column event_id --json
+    aeguard score --target 127.0.0.1:50051 --input events.csv --output scores.parquet
+    aeguard score --engine spark --master 'local[4]' --model model.onnx --input day/ --output out.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+
+from service.batch.config import DEFAULT_CHUNK_ROWS, BatchConfig
+from service.batch.summary import Summary
+from service.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="the ONNX model file (not needed with --target)")
+    parser.add_argument(
+        "--input", required=True, help="a .csv or .parquet file, or a directory of Parquet files"
+    )
+    parser.add_argument("--output", required=True, help="output file; .parquet or .csv picks the format")
+    parser.add_argument(
+        "--engine", choices=("local", "spark"), default="local", help="where to score (default: local)"
+    )
+    parser.add_argument("--master", help="Spark master URL with --engine spark, e.g. 'local[4]'")
+    parser.add_argument("--target", metavar="HOST:PORT", help="score through a running aeguard server")
+    parser.add_argument(
+        "--model-name", help="with --target: the server's model to use (default: its default)"
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=_positive,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"rows read, scored and written at a time; bounds memory (default {DEFAULT_CHUNK_ROWS})",
+    )
+    parser.add_argument("--id-column", help="input column copied to the output first, to join scores back")
+    parser.add_argument(
+        "--keep-columns", default="", help="comma-separated input columns to copy to the output"
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_non_negative,
+        default=0,
+        metavar="K",
+        help="add the K features with the largest error",
+    )
+    parser.add_argument(
+        "--on-bad-rows",
+        choices=("fail", "flag"),
+        default="fail",
+        help="rows with missing, non-numeric, NaN or infinite features: fail naming them and write "
+        "nothing (default), or flag: write them with null scores and an 'error' column",
+    )
+    parser.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
+    parser.add_argument(
+        "--pushgateway", metavar="URL", help="push job metrics to this Prometheus Pushgateway"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+
+def config_from_args(args: argparse.Namespace) -> BatchConfig:
+    """Build and check the job's config from parsed arguments."""
+    if args.target and args.engine == "spark":
+        raise InvalidInputError("--target scores through a server; it cannot be combined with --engine spark")
+    if not args.target and not args.model:
+        raise InvalidInputError("--model is required (unless --target scores through a server)")
+    if args.master and args.engine != "spark":
+        raise InvalidInputError("--master only applies to --engine spark")
+    return BatchConfig(
+        model_path=args.model or "",
+        input_path=args.input,
+        output_path=args.output,
+        engine=args.engine,
+        master=args.master,
+        target=args.target,
+        model_name=args.model_name,
+        chunk_rows=args.chunk_rows,
+        id_column=args.id_column,
+        keep_columns=tuple(c.strip() for c in args.keep_columns.split(",") if c.strip()),
+        top_k=args.top_k,
+        on_bad_rows=args.on_bad_rows,
+        threads=args.threads,
+        pushgateway=args.pushgateway,
+        progress=not args.no_progress and not args.json,
+    )
+
+
+def run_job(config: BatchConfig) -> Summary:
+    """Run one batch job with the engine the config names; raise an AeguardError on failure."""
+    if config.engine == "spark":
+        from service.batch.spark import run_spark
+
+        return run_spark(config)
+    from service.batch.local import score_file
+
+    if config.target:
+        from service.batch.remote import RemoteScorer
+
+        with RemoteScorer.connect(config.target, config.model_name) as remote:
+            return score_file(config, remote.metadata, remote.score, engine=f"remote {config.target}")
+    from service.scorer import Scorer
+
+    scorer = Scorer.load(config.model_path, intra_op_threads=config.threads)
+    return score_file(
+        config, scorer.metadata, lambda x, fe: scorer.score(x, with_feature_errors=fe), engine="local"
+    )
+
+
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so temporary output is removed and the exit code is non-zero."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    _interrupt_on_sigterm()
+    started = time.perf_counter()
+    summary: Summary | None = None
+    try:
+        summary = run_job(config)
+    finally:
+        if config.pushgateway:
+            from service.batch.pushgateway import push_metrics
+
+            duration_s = time.perf_counter() - started
+            if summary is not None:
+                push_metrics(config.pushgateway, summary, duration_s)
+            else:
+                try:
+                    push_metrics(config.pushgateway, None, duration_s)
+                except Exception:  # the job's own failure is the one to report
+                    log.warning("could not push the failed run's metrics to %s", config.pushgateway)
+    print(summary.to_json() if args.json else summary.to_text(), file=sys.stdout)
+    return 0

@@ -1,0 +1,205 @@
+"""Streaming input (CSV, Parquet file, Parquet dataset directory) and atomic output (Parquet or CSV).
+
+Input is read in chunks with pyarrow's streaming readers, so memory depends on the chunk size and
+not on the file. Output goes to a hidden temporary path beside the target and is renamed onto it
+only when the job has finished: a crashed or interrupted job leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from service.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv",)
+#: Bytes per CSV block handed to the parser; the block is then cut into chunks of rows.
+CSV_BLOCK_BYTES = 8 << 20
+
+
+def output_format(path: str | Path) -> str:
+    """``parquet`` or ``csv`` from the output's extension; raise :class:`DataError` otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    raise DataError(f"output {path}: unknown extension '{suffix}'; use .parquet or .csv")
+
+
+class Input:
+    """A CSV file, a Parquet file or a directory of Parquet files, read in chunks of rows."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.kind = "parquet"
+        elif not self.path.is_file():
+            raise DataError(f"input {path}: no such file or directory")
+        elif self.path.suffix.lower() in PARQUET_SUFFIXES:
+            self.kind = "parquet"
+        elif self.path.suffix.lower() in CSV_SUFFIXES:
+            self.kind = "csv"
+        else:
+            raise DataError(
+                f"input {path}: unknown extension '{self.path.suffix}'; "
+                "give a .csv or .parquet file or a directory of Parquet files"
+            )
+        self._dataset: ds.Dataset | None = None
+        if self.kind == "parquet":
+            try:
+                self._dataset = ds.dataset(str(self.path), format="parquet")
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(f"input {path}: cannot read as Parquet ({exc})") from exc
+            if not self._dataset.files:
+                raise DataError(f"input {path}: the directory holds no Parquet files")
+
+    @property
+    def names(self) -> list[str]:
+        """The input's column names, read from the Parquet schema or the CSV header."""
+        if self._dataset is not None:
+            return list(self._dataset.schema.names)
+        with open(self.path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+        if not header:
+            raise DataError(f"input {self.path}: empty CSV file (no header line)")
+        return header
+
+    @property
+    def total_rows(self) -> int | None:
+        """Row count from Parquet metadata (cheap); ``None`` for CSV, which would need a full pass."""
+        if self._dataset is None:
+            return None
+        return int(self._dataset.count_rows())
+
+    def read(
+        self, columns: list[str], text_columns: list[str], chunk_rows: int
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The schema of ``columns`` and an iterator of batches of at most ``chunk_rows`` rows, in order.
+
+        ``text_columns`` (the features) are read from CSV as text, so a non-numeric value becomes
+        a bad row to report rather than a parser failure in the middle of the file.
+        """
+        if self._dataset is not None:
+            scanner = self._dataset.scanner(
+                columns=columns,
+                batch_size=chunk_rows,
+                # Arrow's defaults read up to 16 batches and 4 files ahead: memory, not speed, here.
+                batch_readahead=2,
+                fragment_readahead=1,
+            )
+            return scanner.projected_schema, _arrow_errors(self.path, scanner.to_batches())
+        try:
+            reader = pacsv.open_csv(
+                str(self.path),
+                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns,
+                    column_types={c: pa.string() for c in text_columns},
+                    strings_can_be_null=True,
+                ),
+            )
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"input {self.path}: cannot read as CSV ({exc})") from exc
+        return reader.schema, _arrow_errors(self.path, _rechunk(reader, chunk_rows))
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for start in range(0, batch.num_rows, chunk_rows):
+            yield batch.slice(start, chunk_rows)
+
+
+def _arrow_errors(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Re-raise a reader's failure in the middle of a file as a :class:`DataError` naming the file."""
+    try:
+        yield from batches
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"input {path}: {exc}") from exc
+
+
+def _temporary_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.aeguard-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+class AtomicWriter:
+    """Write batches to a hidden temporary file; :meth:`commit` renames it onto the target.
+
+    Used as a context manager: leaving the block without :meth:`commit` (an error, Ctrl-C)
+    removes the temporary file, so the target is either the previous one or the complete new one.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema) -> None:
+        self.path = Path(path)
+        self.format = output_format(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = _temporary_beside(self.path)
+        self.schema = schema
+        self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self.committed = False
+
+    def __enter__(self) -> AtomicWriter:
+        if self.format == "parquet":
+            self._writer = pq.ParquetWriter(str(self.tmp_path), self.schema)
+        else:
+            self._writer = pacsv.CSVWriter(str(self.tmp_path), self.schema)
+        return self
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        assert self._writer is not None
+        if batch.num_rows:
+            self._writer.write_batch(batch)
+
+    def commit(self) -> None:
+        """Finish the file and move it onto the target in one rename."""
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+        os.replace(self.tmp_path, self.path)
+        self.committed = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; on success it replaces ``path``, else it is removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_beside(target)
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            # A non-empty directory cannot be renamed onto; move the old one aside first.
+            old = _temporary_beside(target)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""The streaming engine: read a chunk, score it, write it, repeat; in this process or through a server.
+
+Memory is bounded by ``chunk_rows`` (plus the readers' small read-ahead), never by the input size.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from service.artifact import ModelMetadata
+from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
+from service.batch.io import AtomicWriter, Input, output_format
+from service.batch.rows import BadRow, OutputSpec, ScoreFn, score_batch
+from service.batch.summary import Summary
+from service.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def check_paths(config: BatchConfig) -> None:
+    """Refuse an output that would overwrite the input or has no known format."""
+    output_format(config.output_path)
+    if Path(config.output_path).resolve() == Path(config.input_path).resolve():
+        raise DataError(f"output {config.output_path} is the input file; choose another path")
+
+
+def bad_rows_message(bad: Sequence[BadRow], offset: int, csv_input: bool) -> str:
+    """Name the first bad rows by their 1-based data-row number in the input (and CSV line)."""
+    shown = []
+    for row in bad[:BAD_ROWS_REPORTED]:
+        number = offset + row.index + 1
+        where = f"row {number}" + (f" (line {number + 1})" if csv_input else "")
+        shown.append(f"{where}: {row.reason}")
+    more = (
+        f" (and {len(bad) - BAD_ROWS_REPORTED} more in the same chunk)"
+        if len(bad) > BAD_ROWS_REPORTED
+        else ""
+    )
+    return (
+        "bad rows in the input, nothing was written: "
+        + "; ".join(shown)
+        + more
+        + ". Fix the input, or pass --on-bad-rows flag to write such rows with an 'error' column."
+    )
+
+
+def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, engine: str) -> Summary:
+    """Score ``config.input_path`` into ``config.output_path`` chunk by chunk, atomically."""
+    check_paths(config)
+    source = Input(config.input_path)
+    spec = OutputSpec.build(
+        metadata,
+        source.names,
+        id_column=config.id_column,
+        keep_columns=config.keep_columns,
+        top_k=config.top_k,
+        flag_bad_rows=config.on_bad_rows == "flag",
+    )
+    schema, batches = source.read(spec.input_columns, list(spec.feature_names), config.chunk_rows)
+    out_schema = spec.schema(schema)
+    summary = Summary(
+        engine=engine,
+        model_name=metadata.name,
+        model_version=metadata.version,
+        input=str(config.input_path),
+        output=str(config.output_path),
+        anomalies={name: 0 for name in spec.severity_names[1:]},
+    )
+    started = time.perf_counter()
+    show = config.progress and sys.stderr.isatty()
+    with (
+        AtomicWriter(config.output_path, out_schema) as writer,
+        tqdm(
+            total=source.total_rows,
+            unit=" rows",
+            unit_scale=True,
+            disable=not show,
+            file=sys.stderr,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        for batch in batches:
+            out, bad = score_batch(batch, spec, score_fn, out_schema)
+            if bad and not spec.flag_bad_rows:
+                raise DataError(bad_rows_message(bad, summary.rows, source.kind == "csv"))
+            writer.write(out)
+            summary.rows += batch.num_rows
+            summary.bad_rows += len(bad)
+            summary.scored_rows += batch.num_rows - len(bad)
+            for item in pc.value_counts(out.column("severity")).to_pylist():
+                if item["values"] in summary.anomalies:
+                    summary.anomalies[item["values"]] += item["counts"]
+            bar.update(batch.num_rows)
+        writer.commit()
+    summary.wall_s = time.perf_counter() - started
+    log.debug("batch job done: %s", summary.to_json())
+    return summary
