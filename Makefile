@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/aeguard/v1/aeguard.proto
 STUBS := service/rpc/api/aeguard_pb2.py
 
-.PHONY: install proto run test test-fast lint bench quality clean
+.PHONY: install proto run test test-fast lint bench quality clean node-deps
 
 install: $(STAMP) $(STUBS)
 
@@ -31,12 +31,21 @@ proto: $(STUBS)
 run: install
 	$(PY) -m service.cli demo
 
+# The Node.js client test's packages, from the committed lock file. Without npm the test skips itself.
+NODE_STAMP := tests/node/node_modules/.package-lock.json
+
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/node --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: tests/test_node_client.py will be skipped"; fi
+
+node-deps: $(NODE_STAMP)
+
 # The whole suite, slow tiers included (CI runs exactly this).
-test: install
+test: install $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 # Unit and integration tiers only.
-test-fast: install
+test-fast: install $(NODE_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install

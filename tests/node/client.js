@@ -1,0 +1,180 @@
+#!/usr/bin/env node
+// A Node.js aeguard client built from proto/aeguard/v1/aeguard.proto ALONE (no generated code,
+// nothing from the Python package): it proves the wire API is usable from another language.
+//
+// Usage:
+//   node client.js score  HOST:PORT [--proto PATH] < spec.json
+//   node client.js stream HOST:PORT [--proto PATH] < spec.json
+//   node client.js info   HOST:PORT [--proto PATH] [--model NAME]
+//
+// `score` spec (JSON on stdin):
+//   {"model": "", "rows": [[1.0, 2.0, ...], ...], "encoding": "values" | "raw" | "named",
+//    "top_k": 2, "feature_errors": false, "request_id": "r1"}
+//   "values" sends Matrix.values, "raw" sends Matrix.raw (little-endian float32 bytes), "named"
+//   asks GetModelInfo for the feature names and sends NamedSample maps.
+// `stream` spec: {"requests": [<score spec>, ...]}: one ScoreStream call, every request written
+//   in order, the half-close, then every response read.
+//
+// Output: one JSON document on stdout.
+//   success: {"ok": true, "response": {...}} (score, info) or {"ok": true, "responses": [...]}
+//   gRPC error: {"ok": false, "error": {"code": 3, "code_name": "INVALID_ARGUMENT", "details": "..."},
+//                "responses": [...received before the error, stream only]}
+// Exit status: 0 success, 1 gRPC error, 2 usage error.
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
+
+const DEFAULT_PROTO = path.resolve(__dirname, "..", "..", "proto", "aeguard", "v1", "aeguard.proto");
+const DEADLINE_MS = 30000;
+const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
+
+function usage(message) {
+  process.stderr.write(`client.js: ${message}\n`);
+  process.stderr.write("usage: node client.js score|stream|info HOST:PORT [--proto PATH] [--model NAME]\n");
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const [command, target, ...rest] = argv;
+  if (!["score", "stream", "info"].includes(command)) usage(`unknown command ${JSON.stringify(command)}`);
+  if (!target || !/^[^:]+:\d+$/.test(target)) usage(`HOST:PORT expected, got ${JSON.stringify(target)}`);
+  const options = { command, target, proto: DEFAULT_PROTO, model: "" };
+  for (let i = 0; i < rest.length; i += 2) {
+    const value = rest[i + 1];
+    if (value === undefined) usage(`${rest[i]} needs a value`);
+    if (rest[i] === "--proto") options.proto = path.resolve(value);
+    else if (rest[i] === "--model") options.model = value;
+    else usage(`unknown option ${rest[i]}`);
+  }
+  return options;
+}
+
+function loadService(protoPath) {
+  // keepCase: field names exactly as in the .proto; defaults: every field present in responses.
+  const definition = protoLoader.loadSync(protoPath, {
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition).aeguard.v1.AnomalyDetector;
+}
+
+function readStdinJson() {
+  const text = fs.readFileSync(0, "utf8");
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    usage(`stdin is not JSON: ${err.message}`);
+  }
+}
+
+function float32LittleEndian(values) {
+  const buffer = Buffer.alloc(4 * values.length);
+  values.forEach((v, i) => buffer.writeFloatLE(v, 4 * i));
+  return buffer;
+}
+
+// Build an aeguard.v1.ScoreRequest object from a spec; featureNames is needed for "named" only.
+function buildRequest(spec, featureNames) {
+  const rows = spec.rows || [];
+  const cols = rows.length ? rows[0].length : 0;
+  const request = {
+    model: spec.model || "",
+    top_k: spec.top_k || 0,
+    feature_errors: Boolean(spec.feature_errors),
+    request_id: spec.request_id || "",
+  };
+  const encoding = spec.encoding || "values";
+  if (encoding === "named") {
+    request.named = rows.map((row) => ({
+      features: Object.fromEntries(row.map((v, j) => [featureNames[j], v])),
+    }));
+  } else if (encoding === "values") {
+    request.samples = { rows: rows.length, cols, values: rows.flat() };
+  } else if (encoding === "raw") {
+    request.samples = { rows: rows.length, cols, raw: float32LittleEndian(rows.flat()) };
+  } else {
+    usage(`unknown encoding ${JSON.stringify(encoding)}`);
+  }
+  return request;
+}
+
+function deadline() {
+  return new Date(Date.now() + DEADLINE_MS);
+}
+
+function unary(client, method, request) {
+  return new Promise((resolve, reject) => {
+    client[method](request, { deadline: deadline() }, (err, response) => (err ? reject(err) : resolve(response)));
+  });
+}
+
+function stream(client, requests) {
+  return new Promise((resolve, reject) => {
+    const responses = [];
+    const call = client.ScoreStream({ deadline: deadline() });
+    call.on("data", (response) => responses.push(response));
+    call.on("error", (err) => {
+      err.responses = responses;
+      reject(err);
+    });
+    call.on("end", () => resolve(responses));
+    for (const request of requests) call.write(request);
+    call.end();
+  });
+}
+
+function printError(err) {
+  const result = {
+    ok: false,
+    error: { code: err.code, code_name: CODE_NAMES[err.code] || "UNKNOWN", details: err.details || err.message },
+  };
+  if (err.responses) result.responses = err.responses;
+  process.stdout.write(JSON.stringify(result) + "\n");
+}
+
+// Bytes fields come back as Buffers; print them as base64 so the output stays JSON.
+function replacer(key, value) {
+  if (value && value.type === "Buffer" && Array.isArray(value.data)) return Buffer.from(value.data).toString("base64");
+  return value;
+}
+
+async function main() {
+  const options = parseArgs(process.argv.slice(2));
+  const AnomalyDetector = loadService(options.proto);
+  const client = new AnomalyDetector(options.target, grpc.credentials.createInsecure());
+  try {
+    let result;
+    if (options.command === "info") {
+      result = { ok: true, response: await unary(client, "GetModelInfo", { model: options.model }) };
+    } else {
+      const spec = readStdinJson();
+      const specs = options.command === "stream" ? spec.requests || [] : [spec];
+      let featureNames = null;
+      if (specs.some((s) => s.encoding === "named")) {
+        const model = specs.find((s) => s.encoding === "named").model || "";
+        featureNames = (await unary(client, "GetModelInfo", { model })).feature_names;
+      }
+      const requests = specs.map((s) => buildRequest(s, featureNames));
+      result =
+        options.command === "score"
+          ? { ok: true, response: await unary(client, "Score", requests[0]) }
+          : { ok: true, responses: await stream(client, requests) };
+    }
+    process.stdout.write(JSON.stringify(result, replacer) + "\n");
+    process.exitCode = 0;
+  } catch (err) {
+    if (err.code === undefined) throw err;
+    printError(err);
+    process.exitCode = 1;
+  } finally {
+    client.close();
+  }
+}
+
+main();
