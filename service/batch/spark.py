@@ -1,0 +1,210 @@
+"""Scale-out on Apache Spark: the same transform as the local engine, run by ``mapInArrow`` on executors.
+
+The model file is shipped to the executors once (``SparkContext.addFile``); each Python worker
+loads one :class:`~service.scorer.Scorer` for it, cached by the file's checksum, and scores every
+Arrow batch with :func:`service.batch.rows.score_batch`, so Spark's output equals the local
+engine's row for row. Output is Parquet, written to a temporary directory and renamed into place.
+
+Entry points: ``aeguard score --engine spark [--master URL] ...``, or on a cluster::
+
+    spark-submit --master yarn service/batch/spark.py --model model.onnx \\
+        --input hdfs-or-local/dir --output scores.parquet
+
+(the executors' Python needs aeguard installed, e.g. ``pip install 'aeguard[spark]'`` in the
+cluster image). pyspark is imported only here, only when Spark is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
+from service.batch.io import Input, atomic_directory
+from service.batch.local import check_paths
+from service.batch.rows import ERROR_COLUMN, OutputSpec, score_batch
+from service.batch.summary import Summary
+from service.errors import AeguardError, DataError
+from service.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+#: One scorer per executor Python worker and model checksum.
+_SCORERS: dict[str, Scorer] = {}
+
+
+def _executor_scorer(file_name: str, checksum: str, threads: int) -> Scorer:
+    scorer = _SCORERS.get(checksum)
+    if scorer is None:
+        from pyspark import SparkFiles
+
+        scorer = Scorer.load(SparkFiles.get(file_name), intra_op_threads=threads)
+        _SCORERS[checksum] = scorer
+    return scorer
+
+
+@dataclass(frozen=True)
+class ArrowScorer:
+    """The function given to ``mapInArrow``: small and picklable; the model travels by ``addFile``."""
+
+    file_name: str
+    checksum: str
+    threads: int
+    spec: OutputSpec
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        scorer = _executor_scorer(self.file_name, self.checksum, self.threads)
+        for batch in batches:
+            out, bad = score_batch(
+                batch,
+                self.spec,
+                lambda x, fe: scorer.score(x, with_feature_errors=fe),
+                self.spec.schema(batch.schema),
+            )
+            if bad and not self.spec.flag_bad_rows:
+                raise DataError(self._bad_rows_message(batch, bad))
+            yield out
+
+    def _bad_rows_message(self, batch: pa.RecordBatch, bad: list) -> str:
+        # Spark does not know a row's position in the input; name it by its id column if there is one.
+        id_column = self.spec.carried[0] if self.spec.carried else None
+        shown = []
+        for row in bad[:BAD_ROWS_REPORTED]:
+            where = (
+                f"row with {id_column}={batch.column(id_column)[row.index].as_py()!r}"
+                if id_column
+                else "a row"
+            )
+            shown.append(f"{where}: {row.reason}")
+        return (
+            "bad rows in the input, nothing was written: "
+            + "; ".join(shown)
+            + ". Fix the input, or pass --on-bad-rows flag to write such rows with an 'error' column."
+        )
+
+
+def _checksum(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _session(master: str | None):  # -> pyspark.sql.SparkSession
+    """The active SparkSession, or a new one set up for loopback-only local mode when none runs."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active, False
+    if master is None or master.startswith("local"):
+        # Without it Spark binds a non-loopback address; executors must run this same Python.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("aeguard-score").config("spark.ui.enabled", "false")
+    if master:
+        builder = builder.master(master)
+    return builder.getOrCreate(), True
+
+
+_DATA_ERROR = re.compile(r"DataError: (.+)")
+
+
+def run_spark(config: BatchConfig, spark=None) -> Summary:
+    """Score ``config.input_path`` with Spark into a Parquet directory at ``config.output_path``."""
+    check_paths(config)
+    if Path(config.output_path).suffix.lower() != ".parquet":
+        raise DataError(f"output {config.output_path}: the Spark engine writes Parquet; name it *.parquet")
+    source = Input(config.input_path)  # checks the path and its format before Spark starts
+    scorer = Scorer.load(config.model_path, intra_op_threads=config.threads)
+    metadata = scorer.metadata
+
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    owned = False
+    if spark is None:
+        spark, owned = _session(config.master)
+    started = time.perf_counter()
+    try:
+        reader = spark.read
+        if source.kind == "csv":
+            frame = reader.csv(config.input_path, header=True, inferSchema=True)
+        else:
+            frame = reader.parquet(config.input_path)
+        spec = OutputSpec.build(
+            metadata,
+            frame.columns,
+            id_column=config.id_column,
+            keep_columns=config.keep_columns,
+            top_k=config.top_k,
+            flag_bad_rows=config.on_bad_rows == "flag",
+        )
+        frame = frame.select(*spec.input_columns)
+        out_schema = spec.schema(to_arrow_schema(frame.schema))
+        spark.sparkContext.addFile(str(Path(config.model_path).resolve()))
+        scorer_fn = ArrowScorer(
+            Path(config.model_path).name, _checksum(config.model_path), config.threads, spec
+        )
+        scored = frame.mapInArrow(scorer_fn, from_arrow_schema(out_schema))
+        summary = Summary(
+            engine=f"spark {spark.sparkContext.master}",
+            model_name=metadata.name,
+            model_version=metadata.version,
+            input=str(config.input_path),
+            output=str(config.output_path),
+            anomalies={name: 0 for name in spec.severity_names[1:]},
+        )
+        with atomic_directory(config.output_path) as tmp:
+            try:
+                scored.write.parquet(str(tmp))
+            except KeyboardInterrupt:
+                spark.sparkContext.cancelAllJobs()
+                raise
+            except Exception as exc:
+                found = _DATA_ERROR.search(str(exc))
+                if found:
+                    raise DataError(found.group(1).strip()) from None
+                raise AeguardError(f"the Spark job failed: {str(exc).splitlines()[0][:500]}") from exc
+            _count(spark.read.parquet(str(tmp)), summary)
+        summary.wall_s = time.perf_counter() - started
+        return summary
+    finally:
+        if owned:
+            spark.stop()
+
+
+def _count(written, summary: Summary) -> None:
+    """Fill the summary's counts from the written output (a cheap columnar pass)."""
+    from pyspark.sql import functions as f
+
+    has_error = ERROR_COLUMN in written.columns
+    for row in written.groupBy("severity").count().collect():
+        summary.rows += row["count"]
+        if row["severity"] is None:  # flagged bad rows
+            continue
+        summary.scored_rows += row["count"]
+        if row["severity"] in summary.anomalies:
+            summary.anomalies[row["severity"]] += row["count"]
+    if has_error:
+        summary.bad_rows = written.where(f.col(ERROR_COLUMN).isNotNull()).count()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`aeguard score --engine spark`, for ``spark-submit service/batch/spark.py --model ... ...``."""
+    from service import cli
+
+    return cli.main(["score", "--engine", "spark", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
