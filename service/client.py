@@ -1,0 +1,210 @@
+"""A small typed Python client for the aeguard gRPC API: numpy in, results out.
+
+Used by the tests and by the batch job's remote mode (``aeguard score --target``). Server errors
+come back as :mod:`service.errors` types (INVALID_ARGUMENT -> InvalidInputError, NOT_FOUND ->
+ModelNotFoundError, RESOURCE_EXHAUSTED -> LimitExceededError, UNAVAILABLE -> NotReadyError), with the
+original :class:`grpc.RpcError` as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service import errors
+from service.rpc.api import aeguard_pb2 as pb
+from service.rpc.api import aeguard_pb2_grpc as pb_grpc
+
+#: Default send/receive limit: room for 8192 rows x 512 features of float32 (the server's default).
+DEFAULT_MESSAGE_BYTES = 8192 * 512 * 4 * 4 + (1 << 20)
+
+_ERROR_FOR: dict[grpc.StatusCode, type[errors.AeguardError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidInputError,
+    grpc.StatusCode.NOT_FOUND: errors.ModelNotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.LimitExceededError,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.ModelLoadError,
+    grpc.StatusCode.UNAVAILABLE: errors.NotReadyError,
+}
+
+
+def error_for(code: grpc.StatusCode | int, message: str) -> errors.AeguardError:
+    """The domain error for a status code (an int is a google.rpc.Code number)."""
+    if isinstance(code, int):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    cls = _ERROR_FOR.get(code, errors.AeguardError)
+    return cls(message if cls is not errors.AeguardError else f"server error {code.name}: {message}")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Results for one batch, one entry per sample in order."""
+
+    model: str
+    model_version: str
+    score: np.ndarray  # [n] float32 raw reconstruction error (higher = more anomalous)
+    normalized_score: np.ndarray  # [n] float32, score / lowest threshold (1.0 = boundary)
+    is_anomaly: np.ndarray  # [n] bool
+    severity: list[str]  # [n] "none" or the highest threshold name crossed
+    top_features: list[list[tuple[str, float, float]]]  # per sample: (name, error, share), largest first
+    feature_errors: np.ndarray | None  # [n, d] float32 when asked for
+    request_id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A ScoreStream request the server could not score; the stream went on."""
+
+    request_id: str
+    error: errors.AeguardError
+
+
+def _scores(resp: pb.ScoreResponse, want_fe: bool) -> Scores:
+    results = resp.results
+    return Scores(
+        model=resp.model,
+        model_version=resp.model_version,
+        score=np.array([r.score for r in results], dtype=np.float32),
+        normalized_score=np.array([r.normalized_score for r in results], dtype=np.float32),
+        is_anomaly=np.array([r.is_anomaly for r in results], dtype=bool),
+        severity=[r.severity for r in results],
+        top_features=[[(f.name, f.error, f.share) for f in r.top_features] for r in results],
+        feature_errors=np.array([list(r.feature_errors) for r in results], dtype=np.float32)
+        if want_fe
+        else None,
+        request_id=resp.request_id,
+    )
+
+
+def matrix(x: np.ndarray) -> pb.Matrix:
+    """A Matrix message (raw float32 fast path) from a 2-D array."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise errors.InvalidInputError(f"samples must be a 2-D array [rows, features], got shape {x.shape}")
+    return pb.Matrix(rows=x.shape[0], cols=x.shape[1], raw=np.ascontiguousarray(x, dtype="<f4").tobytes())
+
+
+class Client:
+    """Blocking client for one server. Thread-safe; use as a context manager or call :meth:`close`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb_grpc.AnomalyDetectorStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_for(exc.code(), exc.details() or "") from exc
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def score(
+        self, x: np.ndarray, *, model: str = "", top_k: int = 0, feature_errors: bool = False
+    ) -> Scores:
+        """Score rows of raw feature values ``[n, d]`` (columns in the model's feature order)."""
+        request = pb.ScoreRequest(model=model, samples=matrix(x), top_k=top_k, feature_errors=feature_errors)
+        return _scores(self._call(self.stub.Score, request), feature_errors)
+
+    def score_named(
+        self,
+        samples: Sequence[Mapping[str, float]],
+        *,
+        model: str = "",
+        top_k: int = 0,
+        feature_errors: bool = False,
+    ) -> Scores:
+        """Score samples given as ``{feature name: value}`` dicts."""
+        request = pb.ScoreRequest(
+            model=model,
+            named=[pb.NamedSample(features=s) for s in samples],
+            top_k=top_k,
+            feature_errors=feature_errors,
+        )
+        return _scores(self._call(self.stub.Score, request), feature_errors)
+
+    def score_stream(
+        self,
+        chunks: Iterable[np.ndarray],
+        *,
+        model: str = "",
+        top_k: int = 0,
+        feature_errors: bool = False,
+        raise_on_error: bool = True,
+        timeout_s: float | None = None,
+    ) -> Iterator[Scores | StreamError]:
+        """Score an iterator of ``[n, d]`` chunks over one ScoreStream; yield one result per chunk, in order.
+
+        A chunk the server rejects raises its error (``raise_on_error``) or yields a
+        :class:`StreamError` and the stream goes on. ``request_id`` is the chunk's index.
+        """
+        requests = (
+            pb.ScoreRequest(
+                model=model, samples=matrix(c), top_k=top_k, feature_errors=feature_errors, request_id=str(i)
+            )
+            for i, c in enumerate(chunks)
+        )
+        call = self.stub.ScoreStream(requests, timeout=timeout_s)
+        try:
+            for resp in call:
+                if resp.HasField("error"):
+                    err = error_for(resp.error.code, resp.error.message)
+                    if raise_on_error:
+                        raise err
+                    yield StreamError(resp.request_id, err)
+                else:
+                    yield _scores(resp, feature_errors)
+        except grpc.RpcError as exc:
+            raise error_for(exc.code(), exc.details() or "") from exc
+        finally:
+            call.cancel()
+
+    def encode(self, x: np.ndarray, *, model: str = "") -> np.ndarray:
+        """The encoder's codings ``[n, coding_size]`` for rows ``[n, d]``."""
+        resp = self._call(self.stub.Encode, pb.EncodeRequest(model=model, samples=matrix(x), raw_output=True))
+        codes = resp.codes
+        return np.frombuffer(codes.raw, dtype="<f4").astype(np.float32).reshape(codes.rows, codes.cols)
+
+    # -- models -----------------------------------------------------------------------------------
+    def model_info(self, model: str = "") -> pb.ModelInfo:
+        """Feature names, thresholds, coding size, version and training summaries of one model."""
+        return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(model=model))
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._call(self.stub.ListModels, pb.ListModelsRequest())
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Block until the channel is connected (raise NotReadyError after ``timeout_s``)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise errors.NotReadyError(f"{self.target}: not reachable within {timeout_s} s") from None

@@ -1,0 +1,148 @@
+"""The server's one typed, immutable configuration, built once from flags and ``AEGUARD_*`` variables.
+
+Every field is a command-line flag (``max_batch_rows`` -> ``--max-batch-rows``) and an environment
+variable (``AEGUARD_MAX_BATCH_ROWS``). A flag wins over the variable, the variable over the default.
+Tests build the dataclass directly or through :meth:`ServerConfig.from_sources` with a dict.
+TLS and authentication settings belong here too when they come (a later issue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import itertools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import InvalidInputError
+
+ENV_PREFIX = "AEGUARD_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of `aeguard serve`. Sizes in rows and bytes, times in seconds."""
+
+    model: str = ""
+    """Model to serve: one .onnx file, or a directory whose .onnx files are each served under their name."""
+    default_model: str = ""
+    """Name of the model used when a request leaves `model` empty (default: the only one, else 'default')."""
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds (use 0.0.0.0 in a container)."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (printed at start-up)."""
+    metrics_host: str = ""
+    """Address of the Prometheus /metrics HTTP server (default: same as host)."""
+    metrics_port: int = 9464
+    """Port of the Prometheus /metrics HTTP server; 0 picks a free one (printed at start-up)."""
+    max_batch_rows: int = 8192
+    """Most samples one request may carry; larger batches get RESOURCE_EXHAUSTED."""
+    max_features: int = 512
+    """Widest model (features) the message-size limit is sized for."""
+    max_message_bytes: int = 0
+    """gRPC message-size limit in bytes; 0 = sized to fit max_batch_rows x max_features float32 values."""
+    workers: int = 16
+    """Threads handling RPCs (grpcio's ThreadPoolExecutor)."""
+    max_concurrent_rpcs: int = 0
+    """RPCs accepted at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit."""
+    intra_op_threads: int = 1
+    """onnxruntime threads inside one operator (per model session)."""
+    inter_op_threads: int = 1
+    """onnxruntime threads across operators (per model session)."""
+    grace_s: float = 10.0
+    """On SIGTERM/SIGINT, how long in-flight RPCs may take to finish before they are cancelled."""
+    drift_window: int = 10_000
+    """Number of most recent scores (per model) the score-drift PSI is computed over."""
+    drift_min_samples: int = 100
+    """Fewer scores than this in the window and the drift gauge reads NaN (not enough data)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_rows", "max_features", "workers", "intra_op_threads", "inter_op_threads"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise InvalidInputError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.grace_s < 0 or self.drift_window < 1 or self.drift_min_samples < 0:
+            raise InvalidInputError("grace_s must be >= 0, drift_window >= 1, drift_min_samples >= 0")
+
+    @property
+    def message_limit_bytes(self) -> int:
+        """The gRPC send/receive limit: the configured one, or room for the largest allowed batch.
+
+        A full batch of float32 values is ``rows * features * 4`` bytes; the factor 4 leaves room
+        for responses carrying per-feature errors and for the named (map) form of smaller batches.
+        """
+        if self.max_message_bytes > 0:
+            return self.max_message_bytes
+        return max(4 << 20, self.max_batch_rows * self.max_features * 4 * 4 + (1 << 20))
+
+    @property
+    def metrics_address(self) -> str:
+        return self.metrics_host or self.host
+
+    @classmethod
+    def from_sources(
+        cls, values: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
+        """Build from explicit values (flags; ``None`` = not given), then ``AEGUARD_*`` variables."""
+        values = dict(values or {})
+        environ = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            given = values.get(f.name)
+            if given is None and (ENV_PREFIX + f.name.upper()) in environ:
+                raw = environ[ENV_PREFIX + f.name.upper()]
+                try:
+                    given = _field_type(f)(raw)
+                except ValueError:
+                    raise InvalidInputError(
+                        f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {_field_type(f).__name__}"
+                    ) from None
+            if given is not None:
+                kwargs[f.name] = given
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InvalidInputError(f"unknown settings: {sorted(unknown)}")
+        return cls(**kwargs)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    return {"int": int, "float": float, "str": str}[str(f.type)]
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """The docstring under each field of :class:`ServerConfig` (the one place settings are described)."""
+    tree = ast.parse(inspect.getsource(ServerConfig))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in itertools.pairwise(body):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
+            docs[stmt.target.id] = str(nxt.value.value)
+    return docs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; defaults stay ``None`` so :meth:`ServerConfig.from_sources` can layer them."""
+    docs = field_docs()
+    for f in dataclasses.fields(ServerConfig):
+        env = ENV_PREFIX + f.name.upper()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_field_type(f),
+            default=None,
+            metavar="PATH" if f.name == "model" else f.name.split("_")[-1].upper(),
+            help=f"{docs.get(f.name, '')} [env {env}; default {f.default!r}]",
+        )

@@ -1,0 +1,169 @@
+"""Pure conversions between protobuf messages and numpy/domain objects; every input check names the problem.
+
+No sockets, no servicer context: unit-tested directly. Width and NaN/Inf checks are the scorer's
+(:func:`service.scorer.check_rows`); this module checks what only the wire format can get wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+from google.protobuf import struct_pb2
+
+from service.errors import InvalidInputError, LimitExceededError
+from service.model_store import LoadedModel
+from service.rpc.api import aeguard_pb2 as pb
+from service.scorer import ScoreBatch, top_features
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def matrix_to_array(m: pb.Matrix, max_rows: int, field: str = "samples") -> np.ndarray:
+    """A ``[rows, cols]`` float32 array from a Matrix (values or raw, exactly one)."""
+    rows, cols = m.rows, m.cols
+    n_values, n_raw = len(m.values), len(m.raw)
+    if n_values and n_raw:
+        raise InvalidInputError(f"{field}: set either values or raw, not both")
+    if rows == 0:
+        raise InvalidInputError(f"{field}: empty batch (rows = 0); send at least one sample")
+    if rows > max_rows:
+        raise LimitExceededError(
+            f"{field}: {rows} rows exceed this server's limit of {max_rows} per request; "
+            "split the batch (or raise --max-batch-rows)"
+        )
+    if cols == 0:
+        raise InvalidInputError(f"{field}: cols = 0; set cols to the number of features")
+    expected = rows * cols
+    if n_raw:
+        if n_raw != 4 * expected:
+            raise InvalidInputError(
+                f"{field}: raw holds {n_raw} bytes, but rows*cols = {rows}*{cols} float32 values "
+                f"need {4 * expected} bytes"
+            )
+        x = np.frombuffer(m.raw, dtype="<f4")
+        if not _LITTLE_ENDIAN:
+            x = x.astype(np.float32)
+    elif n_values:
+        if n_values != expected:
+            raise InvalidInputError(f"{field}: {n_values} values, but rows*cols = {rows}*{cols} = {expected}")
+        x = np.array(m.values, dtype=np.float32)
+    else:
+        raise InvalidInputError(f"{field}: neither values nor raw is set; send rows*cols numbers in one")
+    return x.reshape(rows, cols)
+
+
+def named_to_array(named: Any, feature_names: list[str], max_rows: int) -> np.ndarray:
+    """A ``[n, d]`` float64 array from NamedSample messages, columns in the model's feature order."""
+    n = len(named)
+    if n > max_rows:
+        raise LimitExceededError(
+            f"named: {n} samples exceed this server's limit of {max_rows} per request; split the batch"
+        )
+    wanted = set(feature_names)
+    out = np.empty((n, len(feature_names)), dtype=np.float64)
+    for i, sample in enumerate(named):
+        features = sample.features
+        if len(features) != len(feature_names) or not wanted.issuperset(features):
+            unknown = sorted(set(features) - wanted)
+            missing = [f for f in feature_names if f not in features]
+            parts = []
+            if unknown:
+                parts.append(f"unknown feature(s) {', '.join(unknown)}")
+            if missing:
+                parts.append(f"missing feature(s) {', '.join(missing)}")
+            raise InvalidInputError(
+                f"named sample {i}: {'; '.join(parts)} (the model's features: {', '.join(feature_names)})"
+            )
+        out[i] = [features[f] for f in feature_names]
+    return out
+
+
+def request_rows(request: Any, model: LoadedModel, max_rows: int) -> np.ndarray:
+    """The samples of a Score/Encode request as a 2-D array (either ``samples`` or ``named``)."""
+    has_matrix = request.HasField("samples")
+    if has_matrix and len(request.named):
+        raise InvalidInputError("set either samples or named, not both")
+    if has_matrix:
+        return matrix_to_array(request.samples, max_rows)
+    if len(request.named):
+        return named_to_array(request.named, model.metadata.feature_names, max_rows)
+    raise InvalidInputError("empty batch: set samples (a Matrix) or named (samples by feature name)")
+
+
+def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch) -> pb.ScoreResponse:
+    """One SampleResult per row, in order."""
+    names = model.severity_names
+    scores = batch.score.tolist()
+    normalized = batch.normalized_score.tolist()
+    levels = batch.severity_level.tolist()
+    fe = batch.feature_errors
+    top = (
+        top_features(fe, model.metadata.feature_names, request.top_k)
+        if request.top_k and fe is not None
+        else None
+    )
+    fe_rows = fe.tolist() if request.feature_errors and fe is not None else None
+    results = []
+    sample_result, contribution = pb.SampleResult, pb.FeatureContribution
+    for i, level in enumerate(levels):
+        r = sample_result(
+            score=scores[i], normalized_score=normalized[i], is_anomaly=level > 0, severity=names[level]
+        )
+        if top is not None:
+            r.top_features.extend(contribution(name=n, error=e, share=s) for n, e, s in top[i])
+        if fe_rows is not None:
+            r.feature_errors.extend(fe_rows[i])
+        results.append(r)
+    return pb.ScoreResponse(
+        model=model.name, model_version=model.version, results=results, request_id=request.request_id
+    )
+
+
+def error_response(request_id: str, code: int, message: str) -> pb.ScoreResponse:
+    """A ScoreStream response for a request that could not be scored."""
+    return pb.ScoreResponse(request_id=request_id, error=pb.Error(code=code, message=message))
+
+
+def encode_response(model: LoadedModel, codes: np.ndarray, raw_output: bool) -> pb.EncodeResponse:
+    rows, cols = codes.shape
+    matrix = pb.Matrix(rows=rows, cols=cols)
+    if raw_output:
+        matrix.raw = np.ascontiguousarray(codes, dtype="<f4").tobytes()
+    else:
+        matrix.values.extend(codes.ravel().tolist())
+    return pb.EncodeResponse(model=model.name, model_version=model.version, codes=matrix)
+
+
+def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    try:
+        s.update(d)
+    except (TypeError, ValueError):  # a value Struct cannot hold; keep what can be said
+        s.update({"unrepresentable": str(d)[:10_000]})
+    return s
+
+
+def model_info(model: LoadedModel, is_default: bool) -> pb.ModelInfo:
+    meta = model.metadata
+    return pb.ModelInfo(
+        name=model.name,
+        version=meta.version,
+        feature_names=meta.feature_names,
+        coding_size=meta.coding_size,
+        thresholds=[
+            pb.Threshold(name=t.name, value=t.value, method=t.method, param=t.param) for t in meta.thresholds
+        ],
+        score_distribution=pb.ScoreDistribution(
+            probabilities=meta.score_distribution.probabilities, values=meta.score_distribution.values
+        ),
+        is_default=is_default,
+        architecture=_struct(meta.architecture),
+        training=_struct(meta.training),
+        evaluation=_struct(meta.evaluation),
+        export=_struct(meta.export),
+        created_at=meta.created_at,
+        schema_version=meta.schema_version,
+        load_duration_s=model.load_duration_s,
+    )

@@ -1,0 +1,72 @@
+"""The AnomalyDetector servicer: convert the request, call the core, convert back. Nothing else.
+
+Errors are raised as :mod:`service.errors` types and mapped to status codes by the interceptor;
+only ScoreStream turns them into per-response ``error`` fields, so one bad message costs only its
+own response and the stream goes on.
+"""
+
+# ruff: noqa: N802  (method names are the gRPC contract)
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from service.errors import AeguardError
+from service.metrics import Metrics
+from service.model_store import ModelStore
+from service.rpc import convert
+from service.rpc.api import aeguard_pb2 as pb
+from service.rpc.api import aeguard_pb2_grpc as pb_grpc
+from service.rpc.interceptors import status_for
+
+#: Full service name, as used by health checks and reflection.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AnomalyDetector"].full_name
+
+
+class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
+    """Scoring, encoding and model descriptions over the model store."""
+
+    def __init__(self, store: ModelStore, metrics: Metrics, max_batch_rows: int) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._max_rows = max_batch_rows
+        self._score_batch = metrics.batch_size.labels("Score")
+        self._stream_batch = metrics.batch_size.labels("ScoreStream")
+        self._encode_batch = metrics.batch_size.labels("Encode")
+
+    def _score(self, request: pb.ScoreRequest, batch_size: Any) -> pb.ScoreResponse:
+        model = self._store.get(request.model)
+        x = convert.request_rows(request, model, self._max_rows)
+        batch_size.observe(x.shape[0])
+        batch = model.scorer.score(x, with_feature_errors=request.feature_errors or request.top_k > 0)
+        self._metrics.observe_scores(model, batch)
+        return convert.score_response(request, model, batch)
+
+    def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
+        return self._score(request, self._score_batch)
+
+    def ScoreStream(
+        self, request_iterator: Iterator[pb.ScoreRequest], context: Any
+    ) -> Iterator[pb.ScoreResponse]:
+        for request in request_iterator:
+            try:
+                yield self._score(request, self._stream_batch)
+            except AeguardError as exc:
+                yield convert.error_response(request.request_id, status_for(exc).value[0], exc.message)
+
+    def Encode(self, request: pb.EncodeRequest, context: Any) -> pb.EncodeResponse:
+        model = self._store.get(request.model)
+        x = convert.request_rows(request, model, self._max_rows)
+        self._encode_batch.observe(x.shape[0])
+        return convert.encode_response(model, model.scorer.encode(x), request.raw_output)
+
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
+        model = self._store.get(request.model)
+        return convert.model_info(model, model.name == self._store.default_name)
+
+    def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+        default = self._store.default_name
+        return pb.ListModelsResponse(
+            models=[convert.model_info(m, m.name == default) for m in self._store.models()],
+            default_model=default,
+        )
