@@ -1,0 +1,364 @@
+"""Train from arrays: split, fit, calibrate, evaluate, export. The one pipeline every entry point uses.
+
+`aeguard train`, :class:`training.detector.AutoencoderDetector`, the built-in default and the tests
+all call :func:`train_model`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.artifact import ModelMetadata, Threshold
+from service.errors import InvalidInputError
+from training import calibrate, defaults
+from training.data import check_matrix
+from training.evaluate import detection_metrics, identity_check
+from training.export import check_parity, to_onnx, write_model
+from training.fit import EpochCallback, FitConfig, FitResult, fit_autoencoder
+from training.model import ScoringGraph
+from training.splits import Splits, make_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything that decides a model besides the data.
+
+    Attributes
+    ----------
+    fit : FitConfig
+        Network and optimiser settings.
+    thresholds : tuple of str
+        Threshold specs (``warning=q0.99``, ``x=fpr0.001``, ``x=f1``, ``x=fixed2.5``).
+    name : str
+        Model name stored in the metadata.
+    version : str or None
+        Model version; ``None`` = a short hash of the data fingerprint and the options.
+    contaminated : bool
+        Train on all rows, anomalies included.
+    allow_overcomplete : bool
+        Accept a coding size >= the number of features (with a warning).
+    source : str
+        Where the data came from (file name), for provenance.
+    """
+
+    fit: FitConfig = field(default_factory=FitConfig)
+    thresholds: tuple[str, ...] = defaults.DEFAULT_THRESHOLDS
+    name: str = "model"
+    version: str | None = None
+    contaminated: bool = False
+    allow_overcomplete: bool = False
+    source: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced, for the summary, the report and the detector."""
+
+    path: Path | None
+    metadata: ModelMetadata
+    fit: FitResult
+    graph: ScoringGraph
+    splits: Splits
+    scores: np.ndarray
+    x: np.ndarray
+    labels: np.ndarray | None
+    feature_names: list[str]
+    duration_s: float
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.metadata.evaluation
+
+
+def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: bool) -> FitConfig:
+    """Fill in the default hidden sizes and coding size; refuse an overcomplete coding layer.
+
+    Parameters
+    ----------
+    n_features : int
+        Input width ``d``.
+    config : FitConfig
+        Settings where ``hidden`` / ``coding_size`` may be ``None``.
+    allow_overcomplete : bool
+        Accept ``coding_size >= d`` with a warning instead of refusing.
+
+    Returns
+    -------
+    FitConfig
+        With ``hidden`` and ``coding_size`` set.
+    """
+    k = config.coding_size if config.coding_size is not None else defaults.default_coding_size(n_features)
+    hidden = list(config.hidden) if config.hidden is not None else defaults.default_hidden(n_features)
+    if k < 1 or any(h < 1 for h in hidden):
+        raise InvalidInputError(f"layer sizes must be >= 1, got hidden {hidden} and coding size {k}")
+    if k >= n_features:
+        msg = (
+            f"coding size {k} is not smaller than the {n_features} input feature(s): an overcomplete "
+            "autoencoder can learn to copy its input and then flags nothing"
+        )
+        if not allow_overcomplete:
+            raise InvalidInputError(
+                f"{msg}; choose --coding-size < {n_features} or pass --allow-overcomplete"
+            )
+        log.warning("%s (allowed by --allow-overcomplete)", msg)
+    if config.denoise_sigma < 0:
+        raise InvalidInputError(f"denoise sigma must be >= 0, got {config.denoise_sigma}")
+    return replace(config, hidden=hidden, coding_size=k)
+
+
+def fingerprint(x: np.ndarray, feature_names: list[str]) -> str:
+    """sha256 of the float32 matrix bytes (C order) and the column names."""
+    h = hashlib.sha256()
+    h.update(json.dumps(feature_names).encode())
+    h.update(str(x.shape).encode())
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shaped the artifact."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnx
+    import onnxruntime
+    import sklearn
+
+    try:
+        aeguard_version = version("aeguard")
+    except PackageNotFoundError:  # pragma: no cover - running from a checkout without install
+        aeguard_version = "unknown"
+    return {
+        "aeguard": aeguard_version,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def graph_scores(graph: ScoringGraph, x: np.ndarray, batch_rows: int = 8192) -> np.ndarray:
+    """Scores of raw rows through the torch scoring graph (float32)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_rows):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_rows], dtype=np.float32))
+            out.append(graph(xb)[0].numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _parity_batch(x: np.ndarray, splits: Splits, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    rows = np.concatenate([splits.calibration[:200], splits.evaluation[-56:]])
+    real = x[rows]
+    noise = (real.mean(axis=0) + 3 * real.std(axis=0) * rng.standard_normal((8, x.shape[1]))).astype(
+        np.float32
+    )
+    return np.concatenate([real, noise]).astype(np.float32)
+
+
+def set_threads() -> None:
+    """Set torch's intra-op threads (:data:`training.defaults.TORCH_THREADS`, capped by the cores)."""
+    torch.set_num_threads(max(1, min(defaults.TORCH_THREADS, os.cpu_count() or 1)))
+
+
+def train_model(
+    x: np.ndarray,
+    feature_names: list[str],
+    out_path: str | Path | None,
+    *,
+    labels: np.ndarray | None = None,
+    options: TrainOptions | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Fit an undercomplete autoencoder on ``x`` and export it as one ONNX file.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Raw rows ``[n, d]``, finite numbers.
+    feature_names : list of str
+        One unique name per column.
+    out_path : str, Path or None
+        Where to write the model; ``None`` builds and checks it but writes nothing.
+    labels : numpy.ndarray, optional
+        0 = normal, 1 = anomaly. With labels, training uses normal rows only (unless
+        ``options.contaminated``) and the evaluation reports ROC-AUC, PR-AUC, P/R/F1.
+    options : TrainOptions, optional
+        Everything else; defaults from :mod:`training.defaults`.
+    on_epoch : callable, optional
+        Progress hook ``(epoch, train_loss, validation_loss, best_epoch)``.
+
+    Returns
+    -------
+    TrainResult
+    """
+    started = time.perf_counter()
+    options = options or TrainOptions()
+    x, labels = check_matrix(x, feature_names, labels)
+    specs = calibrate.parse_threshold_specs(options.thresholds)
+    d = x.shape[1]
+    config = resolve_fit_config(d, options.fit, options.allow_overcomplete)
+    needs_tuning = any(s.method == "f1" for s in specs)
+    splits = make_splits(
+        x.shape[0], labels, seed=config.seed, contaminated=options.contaminated, tune_anomalies=needs_tuning
+    )
+    set_threads()
+    train_rows = splits.train
+    if len(train_rows) > defaults.MAX_TRAIN_ROWS:
+        rng = np.random.default_rng(config.seed)
+        train_rows = np.sort(rng.choice(train_rows, defaults.MAX_TRAIN_ROWS, replace=False))
+        log.info("training on a seeded subsample of %d of %d rows", len(train_rows), len(splits.train))
+    fitted = fit_autoencoder(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
+    graph = ScoringGraph(fitted.model, torch.from_numpy(fitted.mean), torch.from_numpy(fitted.scale)).eval()
+    scores = graph_scores(graph, x)
+
+    cal_scores = scores[splits.calibration]
+    tune_labels = labels[splits.tuning] if labels is not None else None
+    thresholds = calibrate.compute_thresholds(specs, cal_scores, scores[splits.tuning], tune_labels)
+    _note_quantile_resolution(thresholds, len(cal_scores))
+
+    eval_labels = labels[splits.evaluation] if labels is not None else None
+    evaluation = detection_metrics(scores[splits.evaluation], eval_labels, thresholds)
+    evaluation["split"] = "evaluation"
+    normal_eval = splits.evaluation if labels is None else splits.evaluation[labels[splits.evaluation] == 0]
+    probe = normal_eval if len(normal_eval) >= 2 else splits.calibration
+    identity = identity_check(lambda rows: graph_scores(graph, rows), x[probe], config.seed)
+    evaluation["identity_check"] = identity
+    if identity["copying"]:
+        log.warning(
+            "identity check: shuffled-column rows score %.2fx and noise %.2fx the error of real rows; "
+            "the model reconstructs garbage about as well as data (it may be copying its input, or "
+            "the features carry no shared structure). Try a smaller --coding-size.",
+            identity["shuffled_ratio"],
+            identity["noise_ratio"],
+        )
+
+    model_proto = to_onnx(graph, d)
+    export_info = check_parity(graph, model_proto, _parity_batch(x, splits, config.seed))
+    export_info["exporter"] = "torch.onnx.export(dynamo=True)"
+    export_info["opset"] = int(next((o.version for o in model_proto.opset_import if o.domain == ""), 0))
+
+    fp = fingerprint(x, feature_names)
+    option_doc = {
+        "fit": asdict(config),
+        "thresholds": list(options.thresholds),
+        "contaminated": options.contaminated,
+    }
+    version = (
+        options.version
+        or hashlib.sha256((fp + json.dumps(option_doc, sort_keys=True)).encode()).hexdigest()[:12]
+    )
+    duration_s = time.perf_counter() - started
+    metadata = ModelMetadata(
+        name=options.name,
+        version=version,
+        feature_names=list(feature_names),
+        coding_size=int(config.coding_size or 0),
+        thresholds=thresholds,
+        score_distribution=calibrate.score_distribution(cal_scores),
+        architecture={
+            "kind": "dense_autoencoder",
+            "layer_sizes": fitted.model.sizes,
+            "hidden": list(config.hidden or []),
+            "coding_size": config.coding_size,
+            "activation": config.activation,
+            "tied_weights": config.tied_weights,
+            "denoise_sigma": config.denoise_sigma,
+            "weight_count": fitted.model.weight_count(),
+            "parameter_count": sum(p.numel() for p in fitted.model.parameters()),
+            "scaler": "standard (mean / std; constant columns scaled by 1)",
+            "undercomplete": bool((config.coding_size or 0) < d),
+        },
+        training={
+            "fingerprint_sha256": fp,
+            "source": options.source,
+            "rows": int(x.shape[0]),
+            "labelled": labels is not None,
+            "anomalies_in_data": int(labels.sum()) if labels is not None else None,
+            "contaminated": options.contaminated,
+            "split_rows": {**splits.counts(), "train_used": len(train_rows)},
+            "seed": config.seed,
+            "hyperparameters": {
+                "max_epochs": config.max_epochs,
+                "patience": config.patience,
+                "batch_size": config.batch_size,
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+            },
+            "epochs_run": len(fitted.train_loss),
+            "best_epoch": fitted.best_epoch,
+            "stopped_early": fitted.stopped_early,
+            "train_loss": fitted.train_loss[fitted.best_epoch - 1],
+            "validation_loss": fitted.validation_loss[fitted.best_epoch - 1],
+            "threshold_specs": list(options.thresholds),
+            "duration_s": round(duration_s, 3),
+        },
+        evaluation=_json_safe(evaluation),
+        export=export_info,
+        versions=library_versions(),
+        created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    )
+    path = write_model(model_proto, metadata, out_path) if out_path is not None else None
+    if path is not None:
+        log.info("wrote %s (%s %s)", path, metadata.name, metadata.version)
+    return TrainResult(
+        path=path,
+        metadata=metadata,
+        fit=fitted,
+        graph=graph,
+        splits=splits,
+        scores=scores,
+        x=x,
+        labels=labels,
+        feature_names=list(feature_names),
+        duration_s=time.perf_counter() - started,
+    )
+
+
+def _note_quantile_resolution(thresholds: list[Threshold], n_calibration: int) -> None:
+    for t in thresholds:
+        tail = None
+        if t.method == "quantile" and t.param is not None:
+            tail = 1 - t.param
+        elif t.method == "fpr" and t.param is not None:
+            tail = t.param
+        if tail is not None and tail * n_calibration < 1:
+            log.info(
+                "threshold '%s' (%s %s) asks for a finer tail than %d calibration rows resolve; "
+                "it sits at the largest calibration score",
+                t.name,
+                t.method,
+                t.param,
+                n_calibration,
+            )
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN / Inf (which strict JSON refuses) with None, recursively."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -1,0 +1,186 @@
+"""The fit loop: standardisation, minibatch training with early stopping, deterministic by seed."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from training import defaults
+from training.model import Autoencoder
+
+log = logging.getLogger(__name__)
+
+#: Called after every epoch with ``(epoch, train_loss, validation_loss, best_epoch)``.
+EpochCallback = Callable[[int, float, float, int], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Hyper-parameters of one fit.
+
+    Attributes
+    ----------
+    hidden : list of int or None
+        Encoder hidden sizes; ``None`` derives them from the number of features.
+    coding_size : int or None
+        Coding width; ``None`` derives it from the number of features.
+    tied_weights : bool
+        Decoder weights are the encoder's, transposed.
+    denoise_sigma : float
+        Standard deviation of Gaussian noise added to the (scaled) inputs while training; 0 = off.
+    max_epochs, patience, min_epochs : int
+        Early stopping: stop after ``patience`` epochs without validation improvement.
+    batch_size : int
+        Minibatch size.
+    lr : float
+        Adam learning rate.
+    weight_decay : float
+        Adam weight decay.
+    activation : str
+        Hidden-layer activation.
+    seed : int
+        Seeds the weight initialisation, the batch order and the noise.
+    """
+
+    hidden: list[int] | None = None
+    coding_size: int | None = None
+    tied_weights: bool = False
+    denoise_sigma: float = 0.0
+    max_epochs: int = defaults.MAX_EPOCHS
+    patience: int = defaults.PATIENCE
+    min_epochs: int = defaults.MIN_EPOCHS
+    batch_size: int = defaults.BATCH_SIZE
+    lr: float = defaults.LEARNING_RATE
+    weight_decay: float = defaults.WEIGHT_DECAY
+    activation: str = defaults.ACTIVATION
+    seed: int = defaults.SEED
+
+
+@dataclass
+class FitResult:
+    """The fitted network, its scaler and the learning curves."""
+
+    model: Autoencoder
+    mean: np.ndarray
+    scale: np.ndarray
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale of ``x``; constant columns get scale 1 (never NaN or Inf).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Training rows ``[n, d]``.
+
+    Returns
+    -------
+    mean, scale : numpy.ndarray
+        float32 vectors of length ``d``.
+    """
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=0)
+    std = x64.std(axis=0)
+    tiny = defaults.CONSTANT_STD * max(1.0, float(np.abs(mean).max(initial=0.0)))
+    scale = np.where(std > tiny, std, 1.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and return a generator for batch order and noise."""
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def _loss(model: Autoencoder, z: torch.Tensor, batch_size: int) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, z.shape[0], max(batch_size, 4096)):
+            zb = z[start : start + max(batch_size, 4096)]
+            total += float(((model(zb) - zb) ** 2).mean(dim=1).sum())
+    return total / max(1, z.shape[0])
+
+
+def fit_autoencoder(
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    config: FitConfig,
+    *,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """Fit an autoencoder on ``x_train``, stopping early on the loss over ``x_val``.
+
+    Parameters
+    ----------
+    x_train, x_val : numpy.ndarray
+        Raw rows ``[n, d]`` (float32); the scaler is fitted on ``x_train``.
+    config : FitConfig
+        Hyper-parameters; ``hidden`` and ``coding_size`` must be resolved (not ``None``).
+    on_epoch : callable, optional
+        Progress hook, called once per epoch.
+
+    Returns
+    -------
+    FitResult
+        The network restored to its best validation epoch.
+    """
+    if config.hidden is None or config.coding_size is None:
+        raise ValueError("resolve hidden and coding_size before fitting")
+    gen = seed_everything(config.seed)
+    mean, scale = fit_scaler(x_train)
+    z_train = torch.from_numpy((x_train - mean) / scale).float()
+    z_val = torch.from_numpy((x_val - mean) / scale).float()
+    d = x_train.shape[1]
+    model = Autoencoder(
+        d, config.hidden, config.coding_size, tied_weights=config.tied_weights, activation=config.activation
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    result = FitResult(model=model, mean=mean, scale=scale)
+    best = math.inf
+    best_state = copy.deepcopy(model.state_dict())
+    n = z_train.shape[0]
+    bs = max(1, min(config.batch_size, n))
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        running = 0.0
+        for start in range(0, n, bs):
+            zb = z_train[order[start : start + bs]]
+            inputs = zb
+            if config.denoise_sigma > 0:
+                inputs = zb + config.denoise_sigma * torch.randn(zb.shape, generator=gen)
+            loss = ((model(inputs) - zb) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            running += loss.item() * zb.shape[0]
+        model.eval()
+        train_loss = running / n
+        val_loss = _loss(model, z_val, bs)
+        result.train_loss.append(train_loss)
+        result.validation_loss.append(val_loss)
+        if val_loss < best * (1 - defaults.MIN_DELTA) or epoch == 1:
+            best = val_loss
+            result.best_epoch = epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val_loss, result.best_epoch)
+        if epoch - result.best_epoch >= config.patience and epoch >= config.min_epochs:
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    log.debug("best epoch %s of %s, validation loss %.6g", result.best_epoch, len(result.train_loss), best)
+    return result

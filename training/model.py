@@ -1,0 +1,124 @@
+"""The dense autoencoder and the scoring graph that wraps it (scaler, encoder, decoder, error)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+
+
+def layer_sizes(n_features: int, hidden: Sequence[int], coding_size: int) -> list[int]:
+    """Sizes from the input to the coding layer, e.g. ``[d, *hidden, k]``."""
+    return [n_features, *hidden, coding_size]
+
+
+class Autoencoder(nn.Module):
+    """A dense autoencoder with a mirrored decoder.
+
+    Hidden layers use ``activation``; the coding layer and the output layer are linear.
+
+    Parameters
+    ----------
+    n_features : int
+        Input width ``d``.
+    hidden : sequence of int
+        Hidden-layer sizes of the encoder (the decoder mirrors them).
+    coding_size : int
+        Width ``k`` of the coding layer.
+    tied_weights : bool
+        If true, each decoder layer uses the transposed weight of its encoder layer and owns
+        only a bias, halving the number of weights.
+    activation : str
+        One of ``relu``, ``elu``, ``tanh``, ``gelu``.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden: Sequence[int],
+        coding_size: int,
+        *,
+        tied_weights: bool = False,
+        activation: str = "elu",
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
+        sizes = layer_sizes(n_features, hidden, coding_size)
+        self.sizes = sizes
+        self.tied_weights = tied_weights
+        self.activation_name = activation
+        self.act = _ACTIVATIONS[activation]()
+        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
+        rev = sizes[::-1]
+        if tied_weights:
+            self.decoder = nn.ModuleList()
+            self.decoder_bias = nn.ParameterList(nn.Parameter(torch.zeros(b)) for b in rev[1:])
+        else:
+            self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(rev))
+            self.decoder_bias = nn.ParameterList()
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """Map scaled inputs ``[n, d]`` to codings ``[n, k]``."""
+        last = len(self.encoder) - 1
+        for i, layer in enumerate(self.encoder):
+            z = layer(z)
+            if i < last:
+                z = self.act(z)
+        return z
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Map codings ``[n, k]`` back to scaled inputs ``[n, d]``."""
+        n_layers = len(self.encoder)
+        h = codes
+        for i in range(n_layers):
+            if self.tied_weights:
+                enc = self.encoder[n_layers - 1 - i]
+                h = nn.functional.linear(h, enc.weight.t(), self.decoder_bias[i])
+            else:
+                h = self.decoder[i](h)
+            if i < n_layers - 1:
+                h = self.act(h)
+        return h
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(z))
+
+    def weight_count(self) -> int:
+        """Number of weight-matrix entries (biases excluded)."""
+        return sum(p.numel() for name, p in self.named_parameters() if name.endswith("weight"))
+
+
+class ScoringGraph(nn.Module):
+    """What goes into the ONNX file: raw rows in; score, feature errors, codes, reconstruction out.
+
+    Parameters
+    ----------
+    autoencoder : Autoencoder
+        The fitted network (works in scaled space).
+    mean, scale : torch.Tensor
+        Per-feature standardisation: ``z = (x - mean) / scale``; ``scale`` is never 0.
+    """
+
+    def __init__(self, autoencoder: Autoencoder, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("scale", scale.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = (x - self.mean) / self.scale
+        codes = self.autoencoder.encode(z)
+        rec = self.autoencoder.decode(codes)
+        feature_errors = (rec - z) ** 2
+        score = feature_errors.mean(dim=1)
+        return score, feature_errors, codes, rec * self.scale + self.mean
