@@ -1,0 +1,104 @@
+"""`python -m service.bench` (`make bench`): serving throughput and latency against two baselines.
+
+The same run measures aeguard (``aeguard serve`` in its own process), a no-op grpcio server with
+the same messages (the transport floor) and in-process onnxruntime on the same model (the compute
+limit), driven by one load generator in separate client processes, and prints the ratios. The
+batch job's figures (``service/bench/batch.py``) follow when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.errors import AeguardError
+
+log = logging.getLogger("service.bench")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["server", "batch"], help="run one part only (default: both)")
+    p.add_argument(
+        "--model", type=Path, help="model to serve (default: models/default.onnx, trained if missing)"
+    )
+    p.add_argument("--duration-s", type=float, default=3.0, help="measured window per workload and server")
+    p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured load before each window")
+    p.add_argument("--concurrency", type=_ints, default=[1, 8, 64], help="unary batch-1 calls in flight")
+    p.add_argument("--batch-rows", type=_ints, default=[512, 4096], help="rows per request, large batches")
+    p.add_argument(
+        "--batch-in-flight", type=int, default=4, help="requests in flight for the large-batch workloads"
+    )
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="load-generator processes (default: one per core)",
+    )
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `aeguard serve`, repeatable (e.g. --server-arg=--workers=32)",
+    )
+    p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where the JSON goes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    doc: dict[str, Any] = {
+        "created_at": stamp,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    }
+    try:
+        if args.only in (None, "server"):
+            from service.bench.model import ensure_model
+            from service.bench.serving import run_server_bench
+
+            model = ensure_model(args.model)
+            doc["server"] = run_server_bench(model, args, log_dir=args.out_dir / "logs")
+        if args.only in (None, "batch"):
+            if importlib.util.find_spec("service.bench.batch") is None:
+                print("\nbatch benchmark: service/bench/batch.py is not present yet; skipped")
+                doc["batch"] = None
+            else:
+                from service.bench.batch import run_batch_bench
+
+                doc["batch"] = run_batch_bench()
+    except AeguardError as exc:
+        print(f"bench: error: {exc.message}", file=sys.stderr)
+        return 2
+    from service.bench.report import write_json
+
+    path = write_json(doc, args.out_dir, stamp)
+    print(f"\nresults written to {path} (and {args.out_dir / 'latest.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

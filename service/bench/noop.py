@@ -1,0 +1,104 @@
+"""A no-op ``aeguard.v1.AnomalyDetector`` server: the gRPC transport floor for the benchmark.
+
+It speaks the same messages as aeguard and answers ``Score`` / ``ScoreStream`` with a
+``ScoreResponse`` of the right size (one result per sample, typical field values) without
+scoring anything, so the difference to aeguard is what scoring, validation and metrics cost.
+Run it as ``python -m service.bench.noop --port 0``; it prints ``port=N`` once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from service.rpc.api import aeguard_pb2 as pb
+from service.rpc.api import aeguard_pb2_grpc as pb_grpc
+
+
+class NoopDetector(pb_grpc.AnomalyDetectorServicer):
+    """Answers every scoring request with a canned response holding one result per sample."""
+
+    def __init__(self, model_name: str, model_version: str) -> None:
+        self._model_name = model_name
+        self._model_version = model_version
+        self._by_rows: dict[int, pb.ScoreResponse] = {}
+        self._lock = threading.Lock()
+
+    def _response(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
+        rows = request.samples.rows if request.HasField("samples") else len(request.named)
+        cached = self._by_rows.get(rows)
+        if cached is None:
+            # A below-threshold verdict with non-default values, so every field is on the wire.
+            result = pb.SampleResult(score=0.0123, normalized_score=0.4567, is_anomaly=False, severity="none")
+            cached = pb.ScoreResponse(
+                model=self._model_name, model_version=self._model_version, results=[result] * rows
+            )
+            with self._lock:
+                self._by_rows[rows] = cached
+        if not request.request_id:
+            return cached
+        response = pb.ScoreResponse()
+        response.CopyFrom(cached)
+        response.request_id = request.request_id
+        return response
+
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:  # noqa: N802
+        return self._response(request)
+
+    def ScoreStream(  # noqa: N802
+        self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ScoreResponse]:
+        for request in request_iterator:
+            yield self._response(request)
+
+
+def build_noop_server(
+    host: str, port: int, *, workers: int, model_name: str, model_version: str, options: list[Any]
+) -> tuple[grpc.Server, int]:
+    """Start the no-op server; return it and its bound port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    pb_grpc.add_AnomalyDetectorServicer_to_server(NoopDetector(model_name, model_version), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    return server, bound
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.bench.noop", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = an ephemeral port, printed")
+    parser.add_argument("--workers", type=int, default=8, help="thread-pool size, as aeguard's")
+    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    parser.add_argument("--model-name", default="noop")
+    parser.add_argument("--model-version", default="0")
+    args = parser.parse_args(argv)
+    options = [
+        ("grpc.max_receive_message_length", args.max_message_bytes),
+        ("grpc.max_send_message_length", args.max_message_bytes),
+    ]
+    server, port = build_noop_server(
+        args.host,
+        args.port,
+        workers=args.workers,
+        model_name=args.model_name,
+        model_version=args.model_version,
+        options=options,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"port={port}", flush=True)
+    stop.wait()
+    server.stop(1.0).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

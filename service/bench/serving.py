@@ -1,0 +1,214 @@
+"""The serving benchmark: aeguard vs a no-op gRPC server vs in-process onnxruntime, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.bench import loadgen, report
+from service.bench.inprocess import measure_in_process
+from service.bench.servers import ServerProcess, start_aeguard, start_noop
+from service.config import ServerConfig
+from service.errors import AeguardError
+from service.scorer import Scorer
+
+#: The issue's target: unary batch-1 throughput at this concurrency, as a fraction of the no-op server.
+TARGET_CONCURRENCY = 64
+TARGET_RATIO = 0.8
+#: Seconds between handing specs to the clients and the measured window opening (process wake-up).
+START_LEAD_S = 0.3
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One line of the table."""
+
+    method: str  #: "Score" or "ScoreStream"
+    rows: int  #: samples per request
+    in_flight: int  #: calls / pipelined requests outstanding over all client processes
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} batch={self.rows} in-flight={self.in_flight}"
+
+
+def workloads(args: argparse.Namespace) -> list[Workload]:
+    unary = [Workload("Score", 1, c) for c in args.concurrency]
+    batches = [
+        Workload(m, rows, args.batch_in_flight) for rows in args.batch_rows for m in ("Score", "ScoreStream")
+    ]
+    return unary + batches
+
+
+def _specs(w: Workload, target: str, n_features: int, processes: int, args: argparse.Namespace, limit: int):
+    start_at = time.time() + START_LEAD_S + args.warmup_s
+    return [
+        loadgen.LoadSpec(
+            target=target,
+            method=w.method,
+            rows=w.rows,
+            n_features=n_features,
+            in_flight=share,
+            start_at=start_at,
+            duration_s=args.duration_s,
+            max_message_bytes=limit,
+        )
+        for share in loadgen.split(w.in_flight, processes)
+    ]
+
+
+def measure_server(
+    pool: loadgen.ClientPool, server: ServerProcess, w: Workload, n_features: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Drive ``server`` with workload ``w``; rates, latencies and where the CPU time went."""
+    limit = ServerConfig.from_sources({}).message_limit_bytes
+    specs = _specs(w, server.target, n_features, pool.size, args, limit)
+    pool.submit(specs)
+    start_at = specs[0].start_at
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = loadgen.process_cpu_s(server.pid)
+    time.sleep(max(0.0, start_at + args.duration_s - time.time()))
+    cpu1 = loadgen.process_cpu_s(server.pid)
+    results = pool.collect(len(specs), timeout_s=args.duration_s + 2 * loadgen.CALL_TIMEOUT_S)
+    latencies = [t for r in results for t in r.latencies_s]
+    m = report.summarize(
+        requests=sum(r.requests for r in results),
+        samples=sum(r.samples for r in results),
+        latencies_s=latencies,
+        duration_s=args.duration_s,
+        errors=sum(r.errors for r in results),
+    )
+    m["server_cpu_cores"] = (cpu1 - cpu0) / args.duration_s
+    m["client_cpu_cores"] = sum(r.cpu_s for r in results) / args.duration_s
+    m["client_processes"] = len(specs)
+    m["client_late_s"] = max(r.late_s for r in results)
+    errors = [r.first_error for r in results if r.first_error]
+    if errors:
+        m["first_error"] = errors[0]
+    if m["requests"] == 0:
+        raise AeguardError(f"{server.name}: no call completed for {w.name}: {errors[:1]}")
+    return m
+
+
+def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> dict[str, Any]:
+    """Measure every workload on both servers and in-process; print the table; return the record."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config = ServerConfig.from_sources({})
+    intra, inter = config.intra_op_threads, config.inter_op_threads
+    scorer = Scorer.load(model, intra_op_threads=intra, inter_op_threads=inter)
+    meta = scorer.metadata
+    workers = _server_workers(args.server_arg, config.workers)
+    cores = os.cpu_count() or 1
+    print(
+        f"\nserving benchmark: model {meta.name} {meta.version} ({meta.n_features} features, coding size "
+        f"{meta.coding_size}) from {model}\n"
+        f"machine: {cores} cores; servers: one process each, {workers} RPC threads, onnxruntime intra/inter "
+        f"{intra}/{inter} threads; load generator: {args.client_processes} grpc.aio client processes on the "
+        f"same cores;\n{args.duration_s:g} s measured per cell after {args.warmup_s:g} s warm-up, "
+        "loopback only",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    pool = loadgen.ClientPool(args.client_processes)
+    servers: list[ServerProcess] = []
+    try:
+        aeguard = start_aeguard(model, log_dir, args.server_arg)
+        servers.append(aeguard)
+        noop = start_noop(log_dir, workers=workers, model_name=meta.name, model_version=meta.version)
+        servers.append(noop)
+        for s in servers:
+            s.wait_serving()
+        for w in workloads(args):
+            row: dict[str, Any] = {
+                "workload": w.name,
+                "method": w.method,
+                "rows": w.rows,
+                "in_flight": w.in_flight,
+            }
+            row["aeguard"] = measure_server(pool, aeguard, w, meta.n_features, args)
+            row["noop"] = measure_server(pool, noop, w, meta.n_features, args)
+            rows.append(row)
+            print(f"  measured {w.name}", flush=True)
+    finally:
+        pool.close()
+        for s in servers:
+            s.stop()
+    # In-process last, with both servers gone, on as many threads as there are calls in flight (up to
+    # one per core): the most this machine can score with this model.
+    cache: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in rows:
+        threads = min(row["in_flight"], cores)
+        key = (row["rows"], threads)
+        if key not in cache:
+            r = measure_in_process(scorer, rows=row["rows"], threads=threads, duration_s=args.duration_s)
+            cache[key] = report.summarize(
+                requests=r.requests, samples=r.samples, latencies_s=r.latencies_s, duration_s=args.duration_s
+            )
+            cache[key]["threads"] = threads
+            cache[key]["server_cpu_cores"] = r.cpu_s / args.duration_s
+        row["in_process"] = cache[key]
+    for row in rows:
+        rate_key = "samples_per_s" if row["rows"] > 1 else "requests_per_s"
+        row["rate_key"] = rate_key
+        row["unit"] = "samples/s" if row["rows"] > 1 else "req/s"
+        row["ratio_vs_noop"] = report.ratio(row["aeguard"][rate_key], row["noop"][rate_key])
+        row["ratio_vs_in_process"] = report.ratio(row["aeguard"][rate_key], row["in_process"][rate_key])
+    print()
+    print(report.format_table(rows))
+    verdict = _target(rows)
+    print(verdict["line"])
+    print(
+        "notes: ratios are aeguard / baseline on the rate column. CPU cores = CPU seconds per second of "
+        "the aeguard server process and of all client processes together during aeguard's window; "
+        f"client and server share the {cores} cores, so a client near its share limits the rate of both "
+        "servers alike. In-process runs min(in-flight, cores) threads."
+    )
+    return {
+        "model": {
+            "path": str(model),
+            "name": meta.name,
+            "version": meta.version,
+            "n_features": meta.n_features,
+        },
+        "settings": {
+            "duration_s": args.duration_s,
+            "warmup_s": args.warmup_s,
+            "client_processes": args.client_processes,
+            "server_workers": workers,
+            "onnxruntime_threads": {"intra_op": intra, "inter_op": inter},
+            "server_args": args.server_arg,
+        },
+        "rows": rows,
+        "target": verdict,
+    }
+
+
+def _server_workers(server_args: list[str], default: int) -> int:
+    """The RPC thread count aeguard will use, so the no-op server gets the same."""
+    for i, a in enumerate(server_args):
+        if a.startswith("--workers="):
+            return int(a.split("=", 1)[1])
+        if a == "--workers" and i + 1 < len(server_args):
+            return int(server_args[i + 1])
+    return default
+
+
+def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    match = [
+        r for r in rows if r["method"] == "Score" and r["rows"] == 1 and r["in_flight"] == TARGET_CONCURRENCY
+    ]
+    if not match:
+        return {"line": f"target: no unary batch-1 run at concurrency {TARGET_CONCURRENCY}", "met": None}
+    value = match[0]["ratio_vs_noop"]
+    met = value is not None and value >= TARGET_RATIO
+    return {
+        "line": f"target: unary batch-1 at concurrency {TARGET_CONCURRENCY}: aeguard / no-op = {value:.2f} "
+        f"(target >= {TARGET_RATIO}): {'MET' if met else 'NOT MET'}",
+        "ratio": value,
+        "target_ratio": TARGET_RATIO,
+        "met": met,
+    }
