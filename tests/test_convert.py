@@ -1,0 +1,124 @@
+"""Unit tests of the pb <-> numpy converters (service/rpc/convert.py): no sockets, no servicer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidInputError, LimitExceededError
+from service.model_store import LoadedModel, ModelStore
+from service.rpc import convert
+from service.rpc.api import aeguard_pb2 as pb
+
+NAMES = [f"f{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path) -> LoadedModel:
+    return ModelStore().load_file(tiny_model_path)
+
+
+def test_values_and_raw_give_the_same_array():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    by_values = convert.matrix_to_array(pb.Matrix(rows=2, cols=3, values=x.ravel().tolist()), 10)
+    by_raw = convert.matrix_to_array(pb.Matrix(rows=2, cols=3, raw=x.astype("<f4").tobytes()), 10)
+    assert by_values.dtype == by_raw.dtype == np.float32
+    np.testing.assert_array_equal(by_values, x)
+    np.testing.assert_array_equal(by_raw, x)
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        (pb.Matrix(rows=1, cols=2, values=[1, 2], raw=b"\0" * 8), "either values or raw, not both"),
+        (pb.Matrix(rows=1, cols=2), "neither values nor raw"),
+        (pb.Matrix(rows=2, cols=2, values=[1, 2, 3]), r"3 values, but rows\*cols = 2\*2 = 4"),
+        (pb.Matrix(rows=1, cols=2, raw=b"\0" * 7), "raw holds 7 bytes.*need 8 bytes"),
+        (pb.Matrix(rows=0, cols=8), "empty batch"),
+        (pb.Matrix(rows=1, cols=0, values=[1.0]), "cols = 0"),
+    ],
+)
+def test_matrix_problems_are_named(matrix, message):
+    with pytest.raises(InvalidInputError, match=message):
+        convert.matrix_to_array(matrix, 10)
+
+
+def test_rows_over_the_limit_name_the_limit():
+    with pytest.raises(LimitExceededError, match="11 rows exceed this server's limit of 10"):
+        convert.matrix_to_array(pb.Matrix(rows=11, cols=1, values=[0.0] * 11), 10)
+    named = [pb.NamedSample(features=dict.fromkeys(NAMES, 0.0))] * 3
+    with pytest.raises(LimitExceededError, match="limit of 2"):
+        convert.named_to_array(named, NAMES, 2)
+
+
+def test_named_samples_follow_the_model_feature_order():
+    named = [pb.NamedSample(features={n: float(i) for i, n in enumerate(reversed(NAMES))})]
+    x = convert.named_to_array(named, NAMES, 10)
+    assert x.tolist() == [[7, 6, 5, 4, 3, 2, 1, 0]]
+
+
+def test_named_unknown_and_missing_features_are_named():
+    features = dict.fromkeys(NAMES[:-1], 1.0) | {"bogus": 1.0}
+    named = [pb.NamedSample(features=dict.fromkeys(NAMES, 0.0)), pb.NamedSample(features=features)]
+    with pytest.raises(
+        InvalidInputError, match=r"named sample 1: unknown feature\(s\) bogus; missing feature\(s\) f7"
+    ):
+        convert.named_to_array(named, NAMES, 10)
+
+
+def test_request_rows_needs_exactly_one_form(model):
+    both = pb.ScoreRequest(
+        samples=pb.Matrix(rows=1, cols=8, values=[0] * 8), named=[pb.NamedSample(features={"f0": 1})]
+    )
+    with pytest.raises(InvalidInputError, match="either samples or named, not both"):
+        convert.request_rows(both, model, 10)
+    with pytest.raises(InvalidInputError, match="empty batch"):
+        convert.request_rows(pb.ScoreRequest(), model, 10)
+    named = pb.ScoreRequest(named=[pb.NamedSample(features=dict.fromkeys(NAMES, 2.0))])
+    assert convert.request_rows(named, model, 10).shape == (1, 8)
+
+
+def test_score_response_carries_results_in_order(model, tiny_dataset):
+    x = tiny_dataset.X[:5]
+    batch = model.scorer.score(x, with_feature_errors=True)
+    request = pb.ScoreRequest(top_k=3, feature_errors=True, request_id="r1")
+    resp = convert.score_response(request, model, batch)
+    assert (resp.model, resp.model_version, resp.request_id) == ("tiny", "1", "r1")
+    assert len(resp.results) == 5
+    for i, r in enumerate(resp.results):
+        assert r.score == pytest.approx(float(batch.score[i]))
+        assert r.normalized_score == pytest.approx(float(batch.normalized_score[i]))
+        assert r.severity == model.severity_names[batch.severity_level[i]]
+        assert r.is_anomaly == bool(batch.is_anomaly[i])
+        assert len(r.top_features) == 3
+        errors = [f.error for f in r.top_features]
+        assert errors == sorted(errors, reverse=True)
+        assert r.top_features[0].error == pytest.approx(float(batch.feature_errors[i].max()))
+        assert sum(f.share for f in r.top_features) <= 1.0 + 1e-6
+        assert list(r.feature_errors) == pytest.approx(batch.feature_errors[i].tolist())
+
+
+def test_score_response_without_extras(model, tiny_dataset):
+    batch = model.scorer.score(tiny_dataset.X[:2])
+    resp = convert.score_response(pb.ScoreRequest(), model, batch)
+    assert all(not r.top_features and not r.feature_errors for r in resp.results)
+
+
+def test_encode_response_values_and_raw(model):
+    codes = np.array([[1.5, -2.0], [0.25, 3.0]], dtype=np.float32)
+    by_values = convert.encode_response(model, codes, raw_output=False).codes
+    assert (by_values.rows, by_values.cols, list(by_values.values)) == (2, 2, [1.5, -2.0, 0.25, 3.0])
+    by_raw = convert.encode_response(model, codes, raw_output=True).codes
+    np.testing.assert_array_equal(np.frombuffer(by_raw.raw, "<f4").reshape(2, 2), codes)
+
+
+def test_model_info_describes_the_model(model):
+    info = convert.model_info(model, is_default=True)
+    meta = model.metadata
+    assert info.name == "tiny" and info.version == "1" and info.is_default
+    assert list(info.feature_names) == NAMES
+    assert info.coding_size == meta.coding_size == 2
+    assert [(t.name, t.value) for t in info.thresholds] == [(t.name, t.value) for t in meta.thresholds]
+    assert list(info.score_distribution.values) == meta.score_distribution.values
+    assert info.schema_version == meta.schema_version
+    assert info.load_duration_s == model.load_duration_s > 0
