@@ -22,16 +22,21 @@ import numpy as np
 
 from service.artifact import ScoreDistribution
 
+#: Reference bins used at most (deciles): PSI's usual resolution.
+DEFAULT_BINS = 10
 #: Floor for bin shares, so an empty bin gives a large but finite PSI.
 EPSILON = 1e-4
 
 
-def reference_bins(dist: ScoreDistribution) -> tuple[np.ndarray, np.ndarray]:
+def reference_bins(dist: ScoreDistribution, max_bins: int = DEFAULT_BINS) -> tuple[np.ndarray, np.ndarray]:
     """Bin edges and expected shares from calibration quantiles.
 
-    Returns ``(edges, expected)``: ``edges`` are the distinct quantile values, ascending; bin 0 is
+    Returns ``(edges, expected)``: ``edges`` are distinct quantile values, ascending; bin 0 is
     ``score <= edges[0]``, bin ``j`` is ``edges[j-1] < score <= edges[j]`` and the last bin is
     ``score > edges[-1]``, so there are ``len(edges) + 1`` bins and ``expected`` sums to 1.
+    When the model stores more quantiles than ``max_bins`` allows, the edges nearest to the
+    ``1/max_bins`` probability steps are kept: fine bins make PSI of a finite window biased
+    upwards (many bins empty by chance), coarse ones keep it near 0 for undrifted scores.
     """
     values = np.asarray(dist.values, dtype=np.float64)
     probs = np.asarray(dist.probabilities, dtype=np.float64)
@@ -42,6 +47,10 @@ def reference_bins(dist: ScoreDistribution) -> tuple[np.ndarray, np.ndarray]:
     edges, last_index = np.unique(values[::-1], return_index=True)
     cdf = probs[::-1][last_index]
     cdf = np.maximum.accumulate(cdf)
+    if len(edges) + 1 > max_bins:
+        targets = np.arange(1, max_bins) / max_bins
+        keep = np.unique(np.abs(cdf[None, :] - targets[:, None]).argmin(axis=1))
+        edges, cdf = edges[keep], cdf[keep]
     expected = np.diff(np.concatenate(([0.0], cdf, [1.0])))
     return edges, expected
 
@@ -60,10 +69,16 @@ class ScoreDrift:
     PSI from the running bin counts, so it is meant for scrape time, not the request path.
     """
 
-    def __init__(self, dist: ScoreDistribution, window: int = 10_000, min_samples: int = 100) -> None:
+    def __init__(
+        self,
+        dist: ScoreDistribution,
+        window: int = 10_000,
+        min_samples: int = 100,
+        max_bins: int = DEFAULT_BINS,
+    ) -> None:
         if window < 1:
             raise ValueError("window must be >= 1")
-        self.edges, self.expected = reference_bins(dist)
+        self.edges, self.expected = reference_bins(dist, max_bins)
         self._edges_list = self.edges.tolist()
         self.window = window
         self.min_samples = min(min_samples, window)

@@ -28,6 +28,25 @@ def test_reference_bins_merge_tied_quantiles_and_keep_tails():
     assert expected.sum() == pytest.approx(1.0)
 
 
+def test_many_quantiles_are_coarsened_to_deciles():
+    probs = np.linspace(0, 1, 101)
+    dist = ScoreDistribution(probabilities=probs.tolist(), values=(probs * 100).tolist())
+    edges, expected = reference_bins(dist, max_bins=10)
+    assert edges.tolist() == pytest.approx([10, 20, 30, 40, 50, 60, 70, 80, 90])
+    assert expected.tolist() == pytest.approx([0.1] * 10)
+
+
+def test_undrifted_window_reads_near_zero_even_with_fine_quantiles():
+    rng = np.random.default_rng(3)
+    probs = np.linspace(0, 1, 101)
+    dist = ScoreDistribution(
+        probabilities=probs.tolist(), values=np.quantile(rng.exponential(size=100_000), probs).tolist()
+    )
+    drift = ScoreDrift(dist, window=200, min_samples=50)
+    drift.add(rng.exponential(size=200))
+    assert drift.value() < 0.2
+
+
 def test_psi_by_hand():
     assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
     want = (0.9 - 0.5) * math.log(0.9 / 0.5) + (0.1 - 0.5) * math.log(0.1 / 0.5)

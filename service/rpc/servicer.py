@@ -37,8 +37,8 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     def _score(self, request: pb.ScoreRequest, batch_size: Any) -> pb.ScoreResponse:
         model = self._store.get(request.model)
         x = convert.request_rows(request, model, self._max_rows)
-        batch_size.observe(x.shape[0])
         batch = model.scorer.score(x, with_feature_errors=request.feature_errors or request.top_k > 0)
+        batch_size.observe(x.shape[0])
         self._metrics.observe_scores(model, batch)
         return convert.score_response(request, model, batch)
 
@@ -57,8 +57,9 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     def Encode(self, request: pb.EncodeRequest, context: Any) -> pb.EncodeResponse:
         model = self._store.get(request.model)
         x = convert.request_rows(request, model, self._max_rows)
+        codes = model.scorer.encode(x)
         self._encode_batch.observe(x.shape[0])
-        return convert.encode_response(model, model.scorer.encode(x), request.raw_output)
+        return convert.encode_response(model, codes, request.raw_output)
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
         model = self._store.get(request.model)
