@@ -50,7 +50,8 @@ def check_rows(x: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
         )
     if not np.issubdtype(x.dtype, np.number):
         raise InvalidInputError(f"samples must be numeric, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is reported below, naming the value
+        x = np.ascontiguousarray(x, dtype=np.float32)
     finite = np.isfinite(x)
     if not finite.all():
         row, col = (int(i) for i in np.argwhere(~finite)[0])

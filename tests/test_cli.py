@@ -1,0 +1,45 @@
+"""The `aeguard` dispatcher: lazy sub-commands, errors as one line, and a serving side without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service import cli
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            cli.main([name, "--help"])
+        assert exc.value.code == 0
+        assert "usage: aeguard" in capsys.readouterr().out
+
+
+def test_user_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    missing = tmp_path / "nope.onnx"
+    assert cli.main(["inspect", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aeguard: error:") and "nope.onnx" in err
+    assert "Traceback" not in err
+
+
+def test_missing_extra_is_explained() -> None:
+    exc = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert "pip install 'aeguard[train]'" in (cli._missing_extra(exc) or "")
+    assert cli._missing_extra(ModuleNotFoundError("x", name="not_an_extra")) is None
+
+
+def test_serving_modules_do_not_import_torch() -> None:
+    """The serving install carries no torch: loading the server, batch job and scorer must not need it."""
+    code = (
+        "import sys; import service.cli, service.scorer, service.rpc.server, service.rpc.main, "
+        "service.batch.cli, service.batch.local, service.client, service.cli_inspect; "
+        "service.cli.build_parser(['serve']); service.cli.build_parser(['score']); "
+        "bad = [m for m in ('torch', 'training', 'sklearn', 'pyspark') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
