@@ -78,6 +78,7 @@ class TrainResult:
     labels: np.ndarray | None
     feature_names: list[str]
     duration_s: float
+    fit_seed: int = 0
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -195,7 +196,7 @@ def train_model(
     feature_names : list of str
         One unique name per column.
     out_path : str, Path or None
-        Where to write the model; ``None`` builds and checks it but writes nothing.
+        Where to write the model (see :func:`export_model`); ``None`` skips the export.
     labels : numpy.ndarray, optional
         0 = normal, 1 = anomaly. With labels, training uses normal rows only (unless
         ``options.contaminated``) and the evaluation reports ROC-AUC, PR-AUC, P/R/F1.
@@ -248,11 +249,6 @@ def train_model(
             identity["shuffled_ratio"],
             identity["noise_ratio"],
         )
-
-    model_proto = to_onnx(graph, d)
-    export_info = check_parity(graph, model_proto, _parity_batch(x, splits, config.seed))
-    export_info["exporter"] = "torch.onnx.export(dynamo=True)"
-    export_info["opset"] = int(next((o.version for o in model_proto.opset_import if o.domain == ""), 0))
 
     fp = fingerprint(x, feature_names)
     option_doc = {
@@ -310,15 +306,11 @@ def train_model(
             "duration_s": round(duration_s, 3),
         },
         evaluation=_json_safe(evaluation),
-        export=export_info,
         versions=library_versions(),
         created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     )
-    path = write_model(model_proto, metadata, out_path) if out_path is not None else None
-    if path is not None:
-        log.info("wrote %s (%s %s)", path, metadata.name, metadata.version)
-    return TrainResult(
-        path=path,
+    result = TrainResult(
+        path=None,
         metadata=metadata,
         fit=fitted,
         graph=graph,
@@ -328,7 +320,37 @@ def train_model(
         labels=labels,
         feature_names=list(feature_names),
         duration_s=time.perf_counter() - started,
+        fit_seed=config.seed,
     )
+    if out_path is not None:
+        export_model(result, out_path)
+    return result
+
+
+def export_model(result: TrainResult, out_path: str | Path) -> Path:
+    """Export a trained model to one ONNX file, with a torch-vs-onnxruntime parity check.
+
+    Parameters
+    ----------
+    result : TrainResult
+        From :func:`train_model`; its ``metadata`` (export section) and ``path`` are updated.
+    out_path : str or Path
+        Destination, written atomically.
+
+    Returns
+    -------
+    Path
+    """
+    model_proto = to_onnx(result.graph, result.x.shape[1])
+    export_info = check_parity(
+        result.graph, model_proto, _parity_batch(result.x, result.splits, result.fit_seed)
+    )
+    export_info["exporter"] = "torch.onnx.export(dynamo=True)"
+    export_info["opset"] = int(next((o.version for o in model_proto.opset_import if o.domain == ""), 0))
+    result.metadata = replace(result.metadata, export=export_info)
+    result.path = write_model(model_proto, result.metadata, out_path)
+    log.info("wrote %s (%s %s)", result.path, result.metadata.name, result.metadata.version)
+    return result.path
 
 
 def _note_quantile_resolution(thresholds: list[Threshold], n_calibration: int) -> None:

@@ -66,9 +66,9 @@ def to_onnx(graph: ScoringGraph, n_features: int) -> onnx.ModelProto:
             external_data=False,
             verbose=False,
         )
-    if program is None:  # pragma: no cover - only when dynamo=False
-        raise ExportError("torch.onnx.export returned no program")
-    program.optimize()
+        if program is None:  # pragma: no cover - only when dynamo=False
+            raise ExportError("torch.onnx.export returned no program")
+        program.optimize()
     return program.model_proto
 
 

@@ -1,0 +1,171 @@
+"""`aeguard train`: argument definitions here; the work (and torch) is imported inside :func:`run`."""
+
+from __future__ import annotations
+
+import argparse
+
+from service.errors import InvalidInputError
+from training import defaults
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        sizes = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,32, got '{text}'") from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got '{text}'")
+    return sizes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Define the `train` options (no heavy imports here)."""
+    parser.add_argument(
+        "data",
+        nargs="?",
+        help="CSV (header row), Parquet, or NPZ with arrays X and optional y",
+    )
+    parser.add_argument("--out", required=True, metavar="MODEL.onnx", help="where to write the model")
+    parser.add_argument(
+        "--default",
+        action="store_true",
+        help="train on the built-in simulated service telemetry instead of DATA",
+    )
+    parser.add_argument(
+        "--save-data", metavar="FILE", help="with --default: also write the simulated data (.csv or .parquet)"
+    )
+    g = parser.add_argument_group("data")
+    g.add_argument("--label-column", metavar="NAME", help="0 = normal, 1 = anomaly (CSV / Parquet)")
+    g.add_argument("--feature-columns", metavar="A,B,...", help="use only these columns")
+    g.add_argument("--exclude-columns", metavar="A,B,...", help="leave these columns out")
+    g.add_argument(
+        "--contaminated",
+        action="store_true",
+        help="train on all rows, anomalies included (default with labels: normal rows only)",
+    )
+    g = parser.add_argument_group("network")
+    g.add_argument("--hidden", type=_int_list, metavar="64,32", help="encoder hidden sizes (default from d)")
+    g.add_argument("--coding-size", type=int, metavar="K", help="coding width (default ~sqrt(d), < d)")
+    g.add_argument(
+        "--allow-overcomplete",
+        action="store_true",
+        help="accept a coding size >= the number of features (warns: the model may copy its input)",
+    )
+    g.add_argument("--tied-weights", action="store_true", help="decoder weights = encoder weights transposed")
+    g.add_argument(
+        "--denoise", type=float, default=0.0, metavar="SIGMA", help="Gaussian input noise while training"
+    )
+    g.add_argument(
+        "--activation",
+        default=defaults.ACTIVATION,
+        choices=["relu", "elu", "tanh", "gelu"],
+        help="hidden layers",
+    )
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--max-epochs", type=int, default=defaults.MAX_EPOCHS)
+    g.add_argument("--patience", type=int, default=defaults.PATIENCE, help="early-stopping patience (epochs)")
+    g.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
+    g.add_argument("--lr", type=float, default=defaults.LEARNING_RATE, help="Adam learning rate")
+    g.add_argument("--seed", type=int, default=defaults.SEED, help="same data + seed = same scores")
+    g = parser.add_argument_group("thresholds and output")
+    g.add_argument(
+        "--threshold",
+        action="append",
+        metavar="NAME=SPEC",
+        help="repeatable: NAME=q0.99 (quantile of calibration scores), NAME=fpr0.001 (false-positive "
+        "rate), NAME=f1 (F1-optimal, needs labels), NAME=fixed2.5; the lowest decides is_anomaly "
+        f"(default: {' '.join(defaults.DEFAULT_THRESHOLDS)})",
+    )
+    g.add_argument("--name", help="model name (default: the data file's stem)")
+    g.add_argument("--model-version", help="model version (default: a hash of data and options)")
+    g.add_argument("--report", metavar="DIR", help="write a report with plots (index.html) to DIR")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print the metadata as JSON instead of the summary")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.default and args.data:
+        raise InvalidInputError("give either DATA or --default, not both")
+    if not args.default and not args.data:
+        raise InvalidInputError("give a DATA file to train on, or --default for the built-in telemetry data")
+    if args.save_data and not args.default:
+        raise InvalidInputError("--save-data only applies with --default")
+    for flag, value, low in (
+        ("--max-epochs", args.max_epochs, 1),
+        ("--patience", args.patience, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--coding-size", args.coding_size, 1),
+    ):
+        if value is not None and value < low:
+            raise InvalidInputError(f"{flag} must be >= {low}, got {value}")
+    if not args.lr > 0:
+        raise InvalidInputError(f"--lr must be > 0, got {args.lr}")
+    if args.denoise < 0:
+        raise InvalidInputError(f"--denoise must be >= 0, got {args.denoise}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the data, train, export, and print a summary (and write the report)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    _check_args(args)
+    from training import calibrate
+
+    calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading
+
+    from training.api import TrainOptions, train_model
+    from training.data import load_dataset
+    from training.fit import FitConfig
+    from training.progress import EpochProgress
+    from training.summary import format_summary
+
+    if args.default:
+        from training.default import DEFAULT_NAME, default_dataset
+
+        data = default_dataset(save_to=args.save_data)
+        name = args.name or DEFAULT_NAME
+    else:
+        data = load_dataset(
+            args.data,
+            label_column=args.label_column,
+            feature_columns=args.feature_columns,
+            exclude_columns=args.exclude_columns,
+        )
+        name = args.name or Path(args.data).stem
+    options = TrainOptions(
+        fit=FitConfig(
+            hidden=args.hidden,
+            coding_size=args.coding_size,
+            tied_weights=args.tied_weights,
+            denoise_sigma=args.denoise,
+            max_epochs=args.max_epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            activation=args.activation,
+            seed=args.seed,
+        ),
+        thresholds=tuple(args.threshold or defaults.DEFAULT_THRESHOLDS),
+        name=name,
+        version=args.model_version,
+        contaminated=args.contaminated,
+        allow_overcomplete=args.allow_overcomplete,
+        source=data.source,
+    )
+    with EpochProgress(args.max_epochs, enabled=not args.no_progress) as progress:
+        result = train_model(
+            data.x, data.feature_names, args.out, labels=data.labels, options=options, on_epoch=progress
+        )
+    report_index = None
+    if args.report:
+        from training.report import write_report
+
+        report_index = write_report(result, args.report)
+    if args.json:
+        print(json.dumps(json.loads(result.metadata.to_json()), indent=2, sort_keys=True))
+    else:
+        print(format_summary(result, report_index))
+    sys.stdout.flush()
+    return 0

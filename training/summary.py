@@ -1,0 +1,104 @@
+"""The short plain-text summary printed at the end of `aeguard train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.api import TrainResult
+
+
+def _fmt(v: float | None, spec: str = ".4g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_summary(result: TrainResult, report_index: Path | None = None) -> str:
+    """A few aligned lines: model, data, splits, network, training, thresholds, quality, checks.
+
+    Parameters
+    ----------
+    result : TrainResult
+        The finished training run.
+    report_index : Path, optional
+        The report's index file, when one was written.
+
+    Returns
+    -------
+    str
+    """
+    meta = result.metadata
+    arch, train, ev, exp = meta.architecture, meta.training, meta.evaluation, meta.export
+    split = train["split_rows"]
+    rows: list[tuple[str, str]] = [
+        ("model", f"{meta.name} {meta.version} -> {result.path or '(not exported)'}"),
+        (
+            "data",
+            f"{train['rows']} rows x {meta.n_features} features"
+            + (f", {train['anomalies_in_data']} labelled anomalies" if train["labelled"] else ", no labels"),
+        ),
+        (
+            "split",
+            f"train {split['train']} | validation {split['validation']} | calibration {split['calibration']}"
+            f" | evaluation {split['evaluation']}"
+            + (f" | tuning {split['tuning']}" if split["tuning"] != split["calibration"] else ""),
+        ),
+        (
+            "network",
+            " -> ".join(str(s) for s in [*arch["layer_sizes"], *arch["layer_sizes"][-2::-1]])
+            + f" ({arch['activation']}, tied weights {'yes' if arch['tied_weights'] else 'no'}, "
+            f"denoise {arch['denoise_sigma']:g}, {arch['weight_count']} weights)",
+        ),
+        (
+            "training",
+            f"{train['epochs_run']} epochs (best {train['best_epoch']}"
+            f"{', stopped early' if train['stopped_early'] else ''}), loss train {_fmt(train['train_loss'])}"
+            f" / validation {_fmt(train['validation_loss'])}, {train['duration_s']:.1f} s",
+        ),
+    ]
+    per = ev.get("thresholds", {})
+    for i, t in enumerate(meta.thresholds):
+        m = per.get(t.name, {})
+        quality = (
+            f"  precision {_fmt(m['precision'], '.3f')} recall {_fmt(m['recall'], '.3f')}"
+            f" F1 {_fmt(m['f1'], '.3f')}"
+            if "precision" in m
+            else f"  flags {100 * m.get('flagged_rate', 0):.2f}% of held-out rows"
+        )
+        param = "" if t.param is None else f" {t.param:g}"
+        rows.append(
+            ("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} ({t.method}{param}){quality}")
+        )
+    if "roc_auc" in ev:
+        rows.append(
+            (
+                "quality",
+                f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f}  on {ev['rows']} held-out rows",
+            )
+        )
+    normal = ev.get("normal_scores", {})
+    if normal.get("count"):
+        rows.append(("normal score", f"median {_fmt(normal['median'])}  p99 {_fmt(normal['p99'])}"))
+    ident = ev.get("identity_check")
+    if ident:
+        verdict = "WARNING: reconstructs garbage about as well as data" if ident["copying"] else "ok"
+        rows.append(
+            (
+                "identity check",
+                f"shuffled columns {ident['shuffled_ratio']:.1f}x, noise {ident['noise_ratio']:.1f}x "
+                f"the error of real rows: {verdict}",
+            )
+        )
+    if exp:
+        tol = exp["parity_tolerance"]
+        rows.append(
+            (
+                "parity",
+                f"max |torch - onnxruntime| {exp['parity_max_abs_diff']:.2g} on {exp['parity_rows']} rows "
+                f"(tolerance {tol['atol']:g} + {tol['rtol']:g}*|torch|)",
+            )
+        )
+    if report_index is not None:
+        rows.append(("report", str(report_index)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
