@@ -28,7 +28,9 @@ def check(target: str, service: str = "", timeout_s: float = TIMEOUT_S) -> bool:
             return False
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     if not serving:
-        print(f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}", file=sys.stderr)
+        print(
+            f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}", file=sys.stderr
+        )
     return serving
 
 
