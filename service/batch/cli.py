@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from service.batch.config import DEFAULT_CHUNK_ROWS, BatchConfig
+from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, BatchConfig
 from service.batch.summary import Summary
 from service.errors import InvalidInputError
 
@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", metavar="HOST:PORT", help="score through a running aeguard server")
     parser.add_argument(
         "--model-name", help="with --target: the server's model to use (default: its default)"
+    )
+    parser.add_argument(
+        "--remote-batch-rows",
+        type=_positive,
+        default=DEFAULT_REMOTE_BATCH_ROWS,
+        help=f"with --target: rows per ScoreStream request, at most the server's --max-batch-rows "
+        f"(default {DEFAULT_REMOTE_BATCH_ROWS})",
     )
     parser.add_argument(
         "--chunk-rows",
@@ -100,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         master=args.master,
         target=args.target,
         model_name=args.model_name,
+        remote_batch_rows=args.remote_batch_rows,
         chunk_rows=args.chunk_rows,
         id_column=args.id_column,
         keep_columns=tuple(c.strip() for c in args.keep_columns.split(",") if c.strip()),
@@ -122,7 +130,12 @@ def run_job(config: BatchConfig) -> Summary:
     if config.target:
         from service.batch.remote import RemoteScorer
 
-        with RemoteScorer.connect(config.target, config.model_name) as remote:
+        with RemoteScorer.connect(
+            config.target,
+            config.model_name,
+            feature_errors=config.top_k > 0,
+            batch_rows=config.remote_batch_rows,
+        ) as remote:
             return score_file(config, remote.metadata, remote.score, engine=f"remote {config.target}")
     from service.scorer import Scorer
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 #: Rows per chunk read, scored and written at a time; bounds the job's memory.
 DEFAULT_CHUNK_ROWS = 65_536
+#: Rows per ScoreStream request in remote mode; the server refuses more than its --max-batch-rows (8192).
+DEFAULT_REMOTE_BATCH_ROWS = 4096
 #: How many bad rows a failure message names.
 BAD_ROWS_REPORTED = 5
 
@@ -28,6 +30,8 @@ class BatchConfig:
     """``HOST:PORT`` of a running aeguard server: score through its ScoreStream instead of in-process."""
     model_name: str | None = None
     """The model's name on the server (``target`` only; default: the server's default model)."""
+    remote_batch_rows: int = DEFAULT_REMOTE_BATCH_ROWS
+    """Rows per ScoreStream request (``target`` only)."""
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     """Rows per chunk; peak memory grows with this, not with the input."""
     id_column: str | None = None

@@ -95,14 +95,8 @@ class Input:
         a bad row to report rather than a parser failure in the middle of the file.
         """
         if self._dataset is not None:
-            scanner = self._dataset.scanner(
-                columns=columns,
-                batch_size=chunk_rows,
-                # Arrow's defaults read up to 16 batches and 4 files ahead: memory, not speed, here.
-                batch_readahead=2,
-                fragment_readahead=1,
-            )
-            return scanner.projected_schema, _arrow_errors(self.path, scanner.to_batches())
+            schema = pa.schema([self._dataset.schema.field(c) for c in columns])
+            return schema, _arrow_errors(self.path, self._parquet_batches(columns, chunk_rows))
         try:
             reader = pacsv.open_csv(
                 str(self.path),
@@ -116,6 +110,16 @@ class Input:
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"input {self.path}: cannot read as CSV ({exc})") from exc
         return reader.schema, _arrow_errors(self.path, _rechunk(reader, chunk_rows))
+
+    def _parquet_batches(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        # File by file, in path order. Not the dataset scanner: it reads ahead without bound when
+        # the consumer is slower than the disk, and pre-buffering keeps every row group of a file
+        # until the file is done. Measured on 5 M rows x 32 float32 columns, peak RSS while
+        # scoring: scanner 0.9-1.4 GB; this 0.2 GB, and the read is still ~4% of the job's time.
+        assert self._dataset is not None
+        for file in sorted(self._dataset.files):
+            with pq.ParquetFile(file, pre_buffer=False) as parquet:
+                yield from parquet.iter_batches(batch_size=chunk_rows, columns=columns)
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.RecordBatch]:
@@ -154,7 +158,12 @@ class AtomicWriter:
 
     def __enter__(self) -> AtomicWriter:
         if self.format == "parquet":
-            self._writer = pq.ParquetWriter(str(self.tmp_path), self.schema)
+            # Dictionary encoding only pays for text (severity, feature names); on float scores
+            # it is tried and abandoned per page, which made writing 2.5x slower.
+            text = [
+                f.name for f in self.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            ]
+            self._writer = pq.ParquetWriter(str(self.tmp_path), self.schema, use_dictionary=text)
         else:
             self._writer = pacsv.CSVWriter(str(self.tmp_path), self.schema)
         return self

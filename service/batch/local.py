@@ -17,7 +17,8 @@ from tqdm import tqdm
 from service.artifact import ModelMetadata
 from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
 from service.batch.io import AtomicWriter, Input, output_format
-from service.batch.rows import BadRow, OutputSpec, ScoreFn, score_batch
+from service.batch.pipeline import ReadAhead, WriteBehind
+from service.batch.rows import BadRow, OutputSpec, ScoreFn, score_batch, split_rows
 from service.batch.summary import Summary
 from service.errors import DataError
 
@@ -86,19 +87,22 @@ def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, 
             mininterval=0.5,
             dynamic_ncols=True,
         ) as bar,
+        ReadAhead(split_rows(batch, spec) for batch in batches) as splits,
+        WriteBehind(writer.write) as write_behind,
     ):
-        for batch in batches:
-            out, bad = score_batch(batch, spec, score_fn, out_schema)
+        for split in splits:
+            out, bad = score_batch(split, spec, score_fn, out_schema)
             if bad and not spec.flag_bad_rows:
                 raise DataError(bad_rows_message(bad, summary.rows, source.kind == "csv"))
-            writer.write(out)
-            summary.rows += batch.num_rows
+            write_behind.submit(out)
+            summary.rows += out.num_rows
             summary.bad_rows += len(bad)
-            summary.scored_rows += batch.num_rows - len(bad)
+            summary.scored_rows += out.num_rows - len(bad)
             for item in pc.value_counts(out.column("severity")).to_pylist():
                 if item["values"] in summary.anomalies:
                     summary.anomalies[item["values"]] += item["counts"]
-            bar.update(batch.num_rows)
+            bar.update(out.num_rows)
+        write_behind.wait()
         writer.commit()
     summary.wall_s = time.perf_counter() - started
     log.debug("batch job done: %s", summary.to_json())

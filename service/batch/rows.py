@@ -161,26 +161,59 @@ def _column_values(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray 
     raise DataError(f"feature column '{name}' has type {kind}; it must be numeric")
 
 
-def split_rows(batch: pa.RecordBatch, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray, list[BadRow]]:
-    """Return ``(x_good [g, d] float32, good mask [n], bad rows)`` for one input batch."""
-    n, d = batch.num_rows, len(spec.feature_names)
-    x = np.empty((n, d), dtype=np.float32)
-    bad = np.zeros(n, dtype=bool)
+@dataclass(frozen=True)
+class Split:
+    """An input batch separated into scorable rows and bad rows."""
+
+    batch: pa.RecordBatch
+    x: np.ndarray  # [g, d] float32, C-contiguous: the good rows' features
+    good: np.ndarray  # [n] bool
+    bad_rows: list[BadRow]
+
+
+#: Rows per block when gathering columns into a row-major matrix: the block stays in cache.
+_GATHER_ROWS = 2048
+
+
+def _row_major(columns: list[np.ndarray], n: int) -> np.ndarray:
+    """Columns -> a C-contiguous float32 ``[n, d]`` matrix (float64 values are narrowed here).
+
+    Copying block by block of rows keeps the strided writes in cache: 4x faster than one
+    column at a time over the whole chunk (8 ms vs 36 ms for 65536 x 32).
+    """
+    x = np.empty((n, len(columns)), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, n, _GATHER_ROWS):
+            block = x[start : start + _GATHER_ROWS]
+            for j, values in enumerate(columns):
+                block[:, j] = values[start : start + _GATHER_ROWS]
+    return x
+
+
+def split_rows(batch: pa.RecordBatch, spec: OutputSpec) -> Split:
+    """Gather the feature columns into a row-major float32 matrix and find the rows that cannot be scored."""
+    n = batch.num_rows
     text_masks: dict[int, np.ndarray] = {}
     nulls: dict[int, np.ndarray] = {}
-    with np.errstate(over="ignore", invalid="ignore"):
-        for j, name in enumerate(spec.feature_names):
-            column = batch.column(name)
-            values, bad_text = _column_values(column, name)
-            x[:, j] = values
-            if column.null_count:
-                nulls[j] = column.is_null().to_numpy(zero_copy_only=False)
-            if bad_text is not None:
-                text_masks[j] = bad_text
+    columns = []
+    for j, name in enumerate(spec.feature_names):
+        column = batch.column(name)
+        if column.null_count == 0 and pa.types.is_floating(column.type):
+            columns.append(column.to_numpy())  # zero-copy view
+            continue
+        values, bad_text = _column_values(column, name)
+        columns.append(values)
+        if column.null_count:
+            nulls[j] = column.is_null().to_numpy(zero_copy_only=False)
+        if bad_text is not None:
+            text_masks[j] = bad_text
+    x = _row_major(columns, n)
     finite = np.isfinite(x)
+    if finite.all():  # the common case; a per-row reduction costs several times more
+        return Split(batch, x, np.ones(n, dtype=bool), [])
     bad = ~finite.all(axis=1)
     if not bad.any():
-        return x, ~bad, []
+        return Split(batch, x, ~bad, [])
     bad_rows = []
     for i in np.flatnonzero(bad):
         problems = []
@@ -195,7 +228,7 @@ def split_rows(batch: pa.RecordBatch, spec: OutputSpec) -> tuple[np.ndarray, np.
             problems.append((name, _describe(value)))
         bad_rows.append(BadRow(int(i), tuple(problems)))
     good = ~bad
-    return np.ascontiguousarray(x[good]), good, bad_rows
+    return Split(batch, np.ascontiguousarray(x[good]), good, bad_rows)
 
 
 def _scatter(values: np.ndarray, good: np.ndarray, all_good: bool) -> pa.Array:
@@ -214,17 +247,18 @@ def _names(dictionary: pa.Array, index: np.ndarray, good: np.ndarray, all_good: 
 
 
 def score_batch(
-    batch: pa.RecordBatch,
+    batch: pa.RecordBatch | Split,
     spec: OutputSpec,
     score_fn: ScoreFn,
     output_schema: pa.Schema,
 ) -> tuple[pa.RecordBatch, list[BadRow]]:
-    """Score one input batch; return the output batch and its bad rows (positions within the batch).
+    """Score one input batch (or its :func:`split_rows`); return the output batch and the bad rows.
 
     With ``spec.flag_bad_rows`` false the caller must fail on any bad row; the returned batch
-    then holds only placeholder rows for them and must not be written.
+    is then empty and must not be written.
     """
-    x, good, bad_rows = split_rows(batch, spec)
+    split = batch if isinstance(batch, Split) else split_rows(batch, spec)
+    batch, x, good, bad_rows = split.batch, split.x, split.good, split.bad_rows
     all_good = not bad_rows
     if bad_rows and not spec.flag_bad_rows:
         return pa.RecordBatch.from_pylist([], schema=output_schema), bad_rows

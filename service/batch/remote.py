@@ -1,0 +1,119 @@
+"""Remote mode (`aeguard score --target HOST:PORT`): score each chunk through a server's ScoreStream.
+
+One bidirectional stream stays open for the whole job; each chunk goes out as requests of at
+most ``batch_rows`` rows (the server refuses larger ones) and comes back in order. The server
+runs the same :class:`~service.scorer.Scorer`, so the output equals the in-process one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Iterator
+
+import numpy as np
+
+from service import artifact
+from service.artifact import ModelMetadata, ScoreDistribution, Threshold
+from service.batch.config import DEFAULT_REMOTE_BATCH_ROWS
+from service.client import Client, Scores
+from service.errors import AeguardError
+from service.rpc.api import aeguard_pb2 as pb
+from service.scorer import ScoreBatch
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def metadata_from_info(info: pb.ModelInfo) -> ModelMetadata:
+    """The parts of a model's metadata the batch job needs, from the server's ModelInfo."""
+    return ModelMetadata(
+        name=info.name,
+        version=info.version,
+        feature_names=list(info.feature_names),
+        coding_size=int(info.coding_size),
+        thresholds=[
+            Threshold(t.name, t.value, t.method, t.param if t.HasField("param") else None)
+            for t in info.thresholds
+        ],
+        score_distribution=ScoreDistribution(
+            list(info.score_distribution.probabilities), list(info.score_distribution.values)
+        ),
+    )
+
+
+class RemoteScorer:
+    """A :data:`~service.batch.rows.ScoreFn` backed by one ScoreStream to a server."""
+
+    def __init__(
+        self, client: Client, metadata: ModelMetadata, model: str, feature_errors: bool, batch_rows: int
+    ):
+        self.client = client
+        self.metadata = metadata
+        self.batch_rows = batch_rows
+        self.feature_errors = feature_errors
+        self._levels = {
+            name: i for i, name in enumerate([artifact.SEVERITY_NONE, *(t.name for t in metadata.thresholds)])
+        }
+        self._requests: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._responses = client.score_stream(self._outgoing(), model=model, feature_errors=feature_errors)
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        model: str | None,
+        *,
+        feature_errors: bool,
+        batch_rows: int = DEFAULT_REMOTE_BATCH_ROWS,
+    ) -> RemoteScorer:
+        """Connect to ``target``, fetch the model's description and open the stream."""
+        client = Client(target)
+        try:
+            client.wait_ready(CONNECT_TIMEOUT_S)
+            info = client.model_info(model or "")
+        except BaseException:
+            client.close()
+            raise
+        metadata = metadata_from_info(info)
+        log.info("scoring through %s with model '%s' version %s", target, metadata.name, metadata.version)
+        return cls(client, metadata, info.name, feature_errors, batch_rows)
+
+    def _outgoing(self) -> Iterator[np.ndarray]:
+        while (chunk := self._requests.get()) is not None:
+            yield chunk
+
+    def score(self, x: np.ndarray, with_feature_errors: bool) -> ScoreBatch:
+        """Score rows through the stream; the same :class:`ScoreBatch` the in-process scorer returns."""
+        if with_feature_errors and not self.feature_errors:
+            raise AeguardError("internal: this stream was opened without per-feature errors")
+        pieces = [x[start : start + self.batch_rows] for start in range(0, len(x), self.batch_rows)]
+        for piece in pieces:
+            self._requests.put(piece)
+        results: list[Scores] = []
+        for _ in pieces:
+            reply = next(self._responses)
+            assert isinstance(reply, Scores)  # errors are raised by the client
+            results.append(reply)
+        severity = [s for r in results for s in r.severity]
+        return ScoreBatch(
+            score=np.concatenate([r.score for r in results]),
+            normalized_score=np.concatenate([r.normalized_score for r in results]),
+            severity_level=np.array([self._levels[s] for s in severity], dtype=np.int64),
+            is_anomaly=np.concatenate([r.is_anomaly for r in results]),
+            feature_errors=np.concatenate([r.feature_errors for r in results])  # type: ignore[misc]
+            if with_feature_errors
+            else None,
+        )
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._responses.close()
+        self.client.close()
+
+    def __enter__(self) -> RemoteScorer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
