@@ -115,11 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading
 
-    from training.api import TrainOptions, train_model
     from training.data import load_dataset
-    from training.fit import FitConfig
-    from training.progress import EpochProgress
-    from training.summary import format_summary
 
     if args.default:
         from training.default import DEFAULT_NAME, default_dataset
@@ -134,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
             exclude_columns=args.exclude_columns,
         )
         name = args.name or Path(args.data).stem
+    # torch loads only now, so bad input is refused in a fraction of a second.
+    from training.api import TrainOptions, train_model
+    from training.fit import FitConfig
+    from training.progress import EpochProgress
+    from training.summary import format_summary
+
     options = TrainOptions(
         fit=FitConfig(
             hidden=args.hidden,

@@ -229,7 +229,7 @@ def _load_table(
                 f"{source}: label column '{label_column}' must hold 0 (normal) / 1 (anomaly), got type {t}"
             )
         labels = check_labels(
-            col.to_numpy(zero_copy_only=False), table.num_rows, f"label column '{label_column}'"
+            col.to_numpy(zero_copy_only=False), table.num_rows, f"{source}: label column '{label_column}'"
         )
     try:
         xx, yy = check_matrix(x, chosen, labels)
