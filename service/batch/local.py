@@ -6,6 +6,7 @@ Memory is bounded by ``chunk_rows`` (plus the readers' small read-ahead), never 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -52,6 +53,15 @@ def bad_rows_message(bad: Sequence[BadRow], offset: int, csv_input: bool) -> str
     )
 
 
+def _terminal_size() -> dict[str, int]:
+    """tqdm's ``ncols``/``nrows``: a terminal that reports 0 x 0 (a bare pty) would hide the bar."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        return {"ncols": 100, "nrows": 24}
+    return {"ncols": size.columns or 100, "nrows": size.lines or 24}
+
+
 def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, engine: str) -> Summary:
     """Score ``config.input_path`` into ``config.output_path`` chunk by chunk, atomically."""
     check_paths(config)
@@ -85,7 +95,7 @@ def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, 
             disable=not show,
             file=sys.stderr,
             mininterval=0.5,
-            dynamic_ncols=True,
+            **(_terminal_size() if show else {}),
         ) as bar,
         ReadAhead(split_rows(batch, spec) for batch in batches) as splits,
         WriteBehind(writer.write) as write_behind,
