@@ -14,10 +14,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from service import config as config_module
 from service.config import ServerConfig
+
+if TYPE_CHECKING:
+    from service.rpc.server import ServerHandle
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def serve(config: ServerConfig) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit code."""
+def serve(config: ServerConfig, on_ready: Callable[[ServerHandle], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit code. ``on_ready`` runs once health is SERVING."""
     from prometheus_client import CollectorRegistry
 
     from service.errors import ModelLoadError
@@ -115,6 +119,8 @@ def serve(config: ServerConfig) -> int:
         ),
         flush=True,
     )
+    if on_ready is not None:
+        on_ready(handle)
     while not stop.wait(1.0):  # wake up now and then so signals are handled promptly everywhere
         pass
     log.info("signal received: draining", extra={"grace_s": config.grace_s})
