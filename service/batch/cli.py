@@ -19,7 +19,7 @@ import time
 
 from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, BatchConfig
 from service.batch.summary import Summary
-from service.errors import InvalidInputError
+from service.errors import AeguardError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,16 @@ def _interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _push(url: str, summary: Summary | None, duration_s: float) -> None:
+    """Push the run's metrics; a gateway that cannot be reached costs a warning, not the job's result."""
+    from service.batch.pushgateway import push_metrics
+
+    try:
+        push_metrics(url, summary, duration_s)
+    except AeguardError as exc:
+        log.warning("%s", exc.message)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _interrupt_on_sigterm()
@@ -164,15 +174,6 @@ def run(args: argparse.Namespace) -> int:
         summary = run_job(config)
     finally:
         if config.pushgateway:
-            from service.batch.pushgateway import push_metrics
-
-            duration_s = time.perf_counter() - started
-            if summary is not None:
-                push_metrics(config.pushgateway, summary, duration_s)
-            else:
-                try:
-                    push_metrics(config.pushgateway, None, duration_s)
-                except Exception:  # the job's own failure is the one to report
-                    log.warning("could not push the failed run's metrics to %s", config.pushgateway)
+            _push(config.pushgateway, summary, time.perf_counter() - started)
     print(summary.to_json() if args.json else summary.to_text(), file=sys.stdout)
     return 0
