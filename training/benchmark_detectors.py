@@ -6,8 +6,10 @@ any dataset). Libraries are imported when a detector is built, so listing names 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,10 +42,31 @@ def _decision(est: Any, x: np.ndarray) -> np.ndarray:
     return est.decision_function(x)
 
 
-def _aeguard(seed: int) -> Detector:
-    from training.detector import AutoencoderDetector
+class _ExportedAeguard:
+    """aeguard as a service runs it: fit, export the ONNX artifact, score it with ``service.scorer``.
 
-    return _Adapter(AutoencoderDetector(random_state=seed), _decision)
+    The export and loading count as fit time: a model is not usable before it exists as a file.
+    """
+
+    def __init__(self, seed: int) -> None:
+        from training.detector import AutoencoderDetector
+
+        self.detector = AutoencoderDetector(random_state=seed)
+
+    def fit(self, x: np.ndarray) -> _ExportedAeguard:
+        from service.scorer import Scorer
+
+        self.detector.fit(x)
+        with tempfile.TemporaryDirectory(prefix="aeguard-bench-") as tmp:
+            self.scorer = Scorer.load(self.detector.save(Path(tmp) / "model.onnx"))
+        return self
+
+    def anomaly_score(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.scorer.score(x).score, dtype=np.float64)
+
+
+def _aeguard(seed: int) -> Detector:
+    return _ExportedAeguard(seed)
 
 
 def _iforest(seed: int) -> Detector:
@@ -73,7 +96,10 @@ def _ecod(seed: int) -> Detector:
 
 #: name -> (factory(seed) -> detector, one-line description for the report)
 DETECTORS: dict[str, tuple[Callable[[int], Detector], str]] = {
-    "aeguard": (_aeguard, "aeguard's AutoencoderDetector with its default settings, scored via ONNX"),
+    "aeguard": (
+        _aeguard,
+        "aeguard's AutoencoderDetector, default settings, exported to ONNX and scored by service.scorer",
+    ),
     "knn": (_knn, "PyOD KNN (k=5, largest distance)"),
     "pyod-ae": (_pyod_ae, "PyOD AutoEncoder (defaults: [64, 32] hidden, 10 epochs, standard scaling)"),
     "iforest": (_iforest, "scikit-learn IsolationForest (100 trees)"),
