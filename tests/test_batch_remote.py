@@ -1,0 +1,88 @@
+"""`aeguard score --target HOST:PORT`: scoring through a real server's ScoreStream gives the local output.
+
+The server is the real one (``build_server`` on 127.0.0.1 port 0) serving the tiny model.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+import pytest
+from batch_support import score, summary_json, tiny_table, write_parquet
+
+from service.config import ServerConfig
+from service.model_store import ModelStore
+from service.rpc.server import ServerHandle, build_server
+
+MAX_BATCH_ROWS = 64
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path) -> Iterator[ServerHandle]:
+    store = ModelStore()
+    store.load_path(tiny_model_path)
+    handle = build_server(
+        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, max_batch_rows=MAX_BATCH_ROWS), store
+    )
+    yield handle
+    handle.stop(0)
+
+
+@pytest.fixture(scope="module")
+def source(tiny_dataset, tmp_path_factory):
+    return write_parquet(tiny_table(tiny_dataset), tmp_path_factory.mktemp("remote") / "in.parquet")
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_remote_output_equals_local_output(server, source, tiny_model_path, tmp_path, capsys, top_k):
+    local, remote = tmp_path / "local.parquet", tmp_path / "remote.parquet"
+    common = ["--input", source, "--id-column", "id", "--keep-columns", "label", "--top-k", top_k, "--json"]
+    assert score("--model", tiny_model_path, "--output", local, *common) == 0
+    local_doc = summary_json(capsys.readouterr().out)
+    assert (
+        score(
+            "--target",
+            f"127.0.0.1:{server.port}",
+            "--output",
+            remote,
+            *common,
+            "--chunk-rows",
+            "200",
+            "--remote-batch-rows",
+            MAX_BATCH_ROWS,
+        )
+        == 0
+    )
+    remote_doc = summary_json(capsys.readouterr().out)
+    assert pq.read_table(remote).equals(pq.read_table(local))
+    assert remote_doc["engine"] == f"remote 127.0.0.1:{server.port}"
+    assert remote_doc["anomalies"] == local_doc["anomalies"] and remote_doc["rows"] == local_doc["rows"]
+
+
+def test_remote_batches_above_the_server_limit_fail_cleanly(server, source, tmp_path, capsys):
+    out = tmp_path / "o.parquet"
+    rc = score(
+        "--target",
+        f"127.0.0.1:{server.port}",
+        "--input",
+        source,
+        "--output",
+        out,
+        "--remote-batch-rows",
+        MAX_BATCH_ROWS + 1,
+    )
+    assert rc == 2
+    assert str(MAX_BATCH_ROWS) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unreachable_target_is_a_clear_error(source, tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o.parquet"
+    assert score("--target", f"127.0.0.1:{port}", "--input", source, "--output", out) == 2
+    assert f"127.0.0.1:{port}: not reachable" in capsys.readouterr().err
+    assert not out.exists()
