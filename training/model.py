@@ -82,16 +82,22 @@ class Autoencoder(nn.Module):
         h = codes
         for i in range(n_layers):
             if self.tied_weights:
-                enc = self.encoder[n_layers - 1 - i]
-                h = nn.functional.linear(h, enc.weight.t(), self.decoder_bias[i])
+                weight = self.encoder_weight(n_layers - 1 - i)
+                h = nn.functional.linear(h, weight.t(), self.decoder_bias[i])
             else:
-                h = self.decoder[i](h)
+                h = self.decoder[i](h)  # type: ignore[operator]  # ModuleList items are Modules
             if i < n_layers - 1:
                 h = self.act(h)
         return h
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(z))
+
+    def encoder_weight(self, index: int) -> torch.Tensor:
+        """The weight matrix ``[out, in]`` of encoder layer ``index``."""
+        layer = self.encoder[index]
+        assert isinstance(layer, nn.Linear)
+        return layer.weight
 
     def weight_count(self) -> int:
         """Number of weight-matrix entries (biases excluded)."""
@@ -108,6 +114,9 @@ class ScoringGraph(nn.Module):
     mean, scale : torch.Tensor
         Per-feature standardisation: ``z = (x - mean) / scale``; ``scale`` is never 0.
     """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, autoencoder: Autoencoder, mean: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()

@@ -169,7 +169,7 @@ def _grid(n: int) -> tuple[int, int]:
 def plot_first_layer(result: TrainResult, path: Path) -> str:
     """One panel per first-layer neuron: its weight on each input feature (red = +, blue = -)."""
     plt = _pyplot()
-    w = result.fit.model.encoder[0].weight.detach().numpy()  # [units, d]
+    w = result.fit.model.encoder_weight(0).detach().numpy()  # [units, d]
     order = np.argsort(-np.linalg.norm(w, axis=1), kind="stable")[:MAX_NEURON_PANELS]
     rows, cols = _grid(len(order))
     d = w.shape[1]
