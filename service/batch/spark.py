@@ -125,7 +125,10 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
     check_paths(config)
     if Path(config.output_path).suffix.lower() != ".parquet":
         raise DataError(f"output {config.output_path}: the Spark engine writes Parquet; name it *.parquet")
-    source = Input(config.input_path)  # checks the path and its format before Spark starts
+    if "://" in config.input_path:  # a URI Spark reads (hdfs://, s3a://): no local checks
+        kind = "csv" if config.input_path.lower().endswith(".csv") else "parquet"
+    else:
+        kind = Input(config.input_path).kind  # checks the path and its format before Spark starts
     scorer = Scorer.load(config.model_path, intra_op_threads=config.threads)
     metadata = scorer.metadata
 
@@ -137,7 +140,7 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
     started = time.perf_counter()
     try:
         reader = spark.read
-        if source.kind == "csv":
+        if kind == "csv":
             frame = reader.csv(config.input_path, header=True, inferSchema=True)
         else:
             frame = reader.parquet(config.input_path)
