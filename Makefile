@@ -49,8 +49,8 @@ test-fast: install $(NODE_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check service training tests
-	$(VENV)/bin/ruff format --check service training tests
+	$(VENV)/bin/ruff check service training tests deploy
+	$(VENV)/bin/ruff format --check service training tests deploy
 	$(VENV)/bin/mypy service training
 
 bench: install
