@@ -221,11 +221,15 @@ def test_kustomize_renders_every_listed_resource(rendered: dict) -> None:
     )
 
 
-def test_core_objects_pass_kubernetes_validate_strict(rendered: dict, tmp_path: Path) -> None:
+# The oldest Kubernetes the README promises (native gRPC probes, preStop sleep) and the newest known.
+@pytest.mark.parametrize("k8s_version", ["1.30.0", "1.37.0"])
+def test_core_objects_pass_kubernetes_validate_strict(
+    rendered: dict, tmp_path: Path, k8s_version: str
+) -> None:
     core = [d for d in rendered.values() if not d["apiVersion"].startswith("monitoring.coreos.com/")]
     manifest = tmp_path / "core.yaml"
     manifest.write_text(yaml.safe_dump_all(core))
-    result = run(tool("kubernetes-validate"), "--strict", str(manifest))
+    result = run(tool("kubernetes-validate"), "--strict", "-k", k8s_version, str(manifest))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("passed for resource") == len(core), result.stdout
 
