@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def train_model(
     labels: np.ndarray | None = None,
     options: TrainOptions | None = None,
     on_epoch: EpochCallback | None = None,
+    on_fit_end: Callable[[FitResult], None] | None = None,
 ) -> TrainResult:
     """Fit an undercomplete autoencoder on ``x`` and export it as one ONNX file.
 
@@ -204,6 +206,9 @@ def train_model(
         Everything else; defaults from :mod:`training.defaults`.
     on_epoch : callable, optional
         Progress hook ``(epoch, train_loss, validation_loss, best_epoch)``.
+    on_fit_end : callable, optional
+        Called with the :class:`~training.fit.FitResult` once the network is fitted (before
+        calibration and export), e.g. to close a progress bar.
 
     Returns
     -------
@@ -226,6 +231,8 @@ def train_model(
         train_rows = np.sort(rng.choice(train_rows, defaults.MAX_TRAIN_ROWS, replace=False))
         log.info("training on a seeded subsample of %d of %d rows", len(train_rows), len(splits.train))
     fitted = fit_autoencoder(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
+    if on_fit_end is not None:
+        on_fit_end(fitted)
     graph = ScoringGraph(fitted.model, torch.from_numpy(fitted.mean), torch.from_numpy(fitted.scale)).eval()
     scores = graph_scores(graph, x)
 
@@ -341,12 +348,14 @@ def export_model(result: TrainResult, out_path: str | Path) -> Path:
     -------
     Path
     """
+    started = time.perf_counter()
     model_proto = to_onnx(result.graph, result.x.shape[1])
     export_info = check_parity(
         result.graph, model_proto, _parity_batch(result.x, result.splits, result.fit_seed)
     )
     export_info["exporter"] = "torch.onnx.export(dynamo=True)"
     export_info["opset"] = int(next((o.version for o in model_proto.opset_import if o.domain == ""), 0))
+    export_info["export_s"] = round(time.perf_counter() - started, 3)
     result.metadata = replace(result.metadata, export=export_info)
     result.path = write_model(model_proto, result.metadata, out_path)
     log.info("wrote %s (%s %s)", result.path, result.metadata.name, result.metadata.version)

@@ -132,8 +132,9 @@ def compute_thresholds(
         elif spec.method == "f1":
             if tuning_labels is None or tuning_scores is None or len(np.unique(tuning_labels)) < 2:
                 raise DataError(
-                    f"threshold '{spec.name}=f1' needs labelled data with both normal and anomalous "
-                    "rows (give --label-column, or an NPZ with y)"
+                    f"threshold '{spec.name}=f1' needs labelled data with both normal rows and at least "
+                    "2 anomalies (half of them tune the threshold, half evaluate it); give "
+                    "--label-column, or an NPZ with y"
                 )
             value, f1 = f1_optimal(np.asarray(tuning_scores), np.asarray(tuning_labels))
             out.append(Threshold(spec.name, max(value, MIN_THRESHOLD), "f1", round(f1, 6)))

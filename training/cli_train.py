@@ -158,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
     )
     with EpochProgress(args.max_epochs, enabled=not args.no_progress) as progress:
         result = train_model(
-            data.x, data.feature_names, args.out, labels=data.labels, options=options, on_epoch=progress
+            data.x,
+            data.feature_names,
+            args.out,
+            labels=data.labels,
+            options=options,
+            on_epoch=progress,
+            on_fit_end=progress.close,
         )
     report_index = None
     if args.report:

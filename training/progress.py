@@ -40,10 +40,15 @@ class EpochProgress:
             train=f"{train_loss:.4g}", val=f"{validation_loss:.4g}", best=best_epoch, refresh=False
         )
 
+    def close(self, *_: object) -> None:
+        """Finish the bar (usable as ``on_fit_end``); later calls do nothing."""
+        if self._bar is not None:
+            if self._bar.n < self.max_epochs:
+                self._bar.set_description("training (stopped early)")
+            self._bar.close()
+            self._bar = None
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._bar is not None:
-            if exc_type is None and self._bar.n < self.max_epochs:
-                self._bar.set_description("training (stopped early)")
-            self._bar.close()
+        self.close()
