@@ -18,8 +18,8 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
     out_dir = tmp_path / "bench"
     argv = [
         sys.executable, "-m", "service.bench", "--only", "server", "--model", str(tiny_model_path),
-        "--duration-s", "0.3", "--warmup-s", "0.2", "--concurrency", "1,3", "--batch-rows", "64",
-        "--batch-in-flight", "2", "--client-processes", "2", "--out-dir", str(out_dir),
+        "--duration-s", "0.25", "--warmup-s", "0.2", "--concurrency", "1,3", "--batch-rows", "64",
+        "--batch-in-flight", "2", "--client-processes", "2", "--repeat", "2", "--out-dir", str(out_dir),
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -40,6 +40,7 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
         key = row["rate_key"]
         for side in ("aeguard", "noop", "in_process"):
             assert row[side][key] > 0, (row["workload"], side)
+            assert len(row[side]["rounds"]) == 2 and row[side][key] in row[side]["rounds"]
         for side in ("aeguard", "noop"):
             assert row[side]["errors"] == 0, row[side].get("first_error")
             assert row[side]["p50_ms"] <= row[side]["p99_ms"]

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", type=Path, help="model to serve (default: models/default.onnx, trained if missing)"
     )
-    p.add_argument("--duration-s", type=float, default=3.0, help="measured window per workload and server")
-    p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured load before each window")
+    p.add_argument("--duration-s", type=float, default=2.0, help="measured window per cell and round")
+    p.add_argument("--warmup-s", type=float, default=0.7, help="unmeasured load before each window")
+    p.add_argument("--repeat", type=int, default=3, help="rounds per cell; the median round is reported")
     p.add_argument("--concurrency", type=_ints, default=[1, 8, 64], help="unary batch-1 calls in flight")
     p.add_argument("--batch-rows", type=_ints, default=[512, 4096], help="rows per request, large batches")
     p.add_argument(
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            # Other work on the machine competes with the benchmark; the load average says how much.
+            "load_average_1m_at_start": os.getloadavg()[0],
         },
     }
     try:
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc.message}", file=sys.stderr)
         return 2
     from service.bench.report import write_json
+
+    doc["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
 
     path = write_json(doc, args.out_dir, stamp)
     print(f"\nresults written to {path} (and {args.out_dir / 'latest.json'})")

@@ -26,6 +26,19 @@ def summarize(
     }
 
 
+def median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round with the median ``key`` (the lower middle one for an even count)."""
+    ordered = sorted(rounds, key=lambda m: m[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def cpu_us_per_request(m: dict[str, Any] | None) -> float | None:
+    """Server CPU microseconds per request: robust to outside load where the rate is not."""
+    if not m or not m.get("requests_per_s") or m.get("server_cpu_cores") is None:
+        return None
+    return float(m["server_cpu_cores"] / m["requests_per_s"] * 1e6)
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if not numerator or not denominator:
         return None
@@ -49,20 +62,21 @@ def _cores(m: dict[str, Any] | None, key: str) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison table: one line per workload, aeguard next to both baselines."""
     head = (
-        f"{'workload':<30} {'unit':<10} {'aeguard':>10} {'no-op':>10} {'in-proc':>10} "
-        f"{'ae/no-op':>8} {'ae/in-proc':>10}   {'p50/p99 ms: aeguard':>19} {'no-op':>13} {'in-proc':>13}"
-        f"   {'CPU cores: server':>17} {'clients':>7}"
+        f"{'workload':<34} {'unit':<9} {'aeguard':>10} {'no-op':>10} {'in-proc':>10} "
+        f"{'ae/no-op':>8} {'ae/in-proc':>10}  {'p50/p99 ms: aeguard':>19} {'no-op':>12} {'in-proc':>11}"
+        f"  {'srv CPU us/req: ae':>18} {'no-op':>6}  {'cores: srv':>10} {'cli':>4}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         key = r["rate_key"]
         ae, noop, inproc = r.get("aeguard"), r.get("noop"), r.get("in_process")
         lines.append(
-            f"{r['workload']:<30} {r['unit']:<10} {_num(ae and ae[key]):>10} {_num(noop and noop[key]):>10} "
+            f"{r['workload']:<34} {r['unit']:<9} {_num(ae and ae[key]):>10} {_num(noop and noop[key]):>10} "
             f"{_num(inproc and inproc[key]):>10} {_num(r.get('ratio_vs_noop'), '.2f'):>8} "
-            f"{_num(r.get('ratio_vs_in_process'), '.3f'):>10}   "
-            f"{_lat(ae):>19} {_lat(noop):>13} {_lat(inproc):>13}"
-            f"   {_cores(ae, 'server_cpu_cores'):>17} {_cores(ae, 'client_cpu_cores'):>7}"
+            f"{_num(r.get('ratio_vs_in_process'), '.3f'):>10}  "
+            f"{_lat(ae):>19} {_lat(noop):>12} {_lat(inproc):>11}  "
+            f"{_num(cpu_us_per_request(ae)):>18} {_num(cpu_us_per_request(noop)):>6}  "
+            f"{_cores(ae, 'server_cpu_cores'):>10} {_cores(ae, 'client_cpu_cores'):>4}"
         )
     return "\n".join(lines)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -20,26 +22,51 @@ READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 
 
-def free_port() -> int:
-    """A loopback port that is free right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+def _port_from_line(line: str) -> int | None:
+    """The bound port announced on stdout: aeguard's JSON ``{"event": "serving", "port": N}``
+    or the no-op server's ``port=N``."""
+    line = line.strip()
+    if line.startswith("{"):
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        return int(doc["port"]) if doc.get("event") == "serving" and "port" in doc else None
+    m = re.fullmatch(r"port=(\d+)", line)
+    return int(m.group(1)) if m else None
 
 
 class ServerProcess:
-    """A server child process: its command line, port and log file; stopped by its own PID."""
+    """A server child process bound to an ephemeral port it announces; stopped by its own PID.
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+    Both output streams go to ``log_path``; stdout is read first for the port announcement.
+    """
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
         self.name = name
-        self.port = port
-        self.target = f"{HOST}:{port}"
         self.log_path = log_path
+        self.port = 0
         self._log: IO[bytes] = log_path.open("wb")
+        self._announced = threading.Event()
         log.info("starting %s: %s", name, " ".join(argv))
-        self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL)
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True, name=f"{name}-stdout")
+        self._reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._log.write(raw)
+            if not self._announced.is_set():
+                port = _port_from_line(raw.decode(errors="replace"))
+                if port:
+                    self.port = port
+                    self._announced.set()
+        self._announced.set()  # the process ended: stop waiting
+
+    @property
+    def target(self) -> str:
+        return f"{HOST}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -51,6 +78,13 @@ class ServerProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout_s
+        if not self._announced.wait(timeout_s) or not self.port:
+            tail = self.log_tail()
+            self.stop()
+            raise AeguardError(
+                f"{self.name} announced no port (exit status {self.proc.returncode}); "
+                f"see {self.log_path}:\n{tail}"
+            )
         with grpc.insecure_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
@@ -71,7 +105,8 @@ class ServerProcess:
         raise AeguardError(f"{self.name} did not serve within {timeout_s:.0f} s; see {self.log_path}")
 
     def log_tail(self, lines: int = 20) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
@@ -83,24 +118,23 @@ class ServerProcess:
                 log.warning("%s did not stop on SIGTERM within %.0f s; killing it", self.name, STOP_TIMEOUT_S)
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(timeout=5)
         self._log.close()
 
 
 def start_aeguard(model: Path, log_dir: Path, extra_args: list[str]) -> ServerProcess:
     """``aeguard serve`` on one model, as a user would start it."""
-    port = free_port()
     argv = [
         sys.executable, "-m", "service.cli", "serve", "--model", str(model),
-        "--host", HOST, "--port", str(port), "--metrics-port", str(free_port()), *extra_args,
+        "--host", HOST, "--port", "0", "--metrics-port", "0", *extra_args,
     ]  # fmt: skip
-    return ServerProcess("aeguard", argv, port, log_dir / "aeguard-serve.log")
+    return ServerProcess("aeguard", argv, log_dir / "aeguard-serve.log")
 
 
 def start_noop(log_dir: Path, *, workers: int, model_name: str, model_version: str) -> ServerProcess:
     """The no-op server with the same thread-pool size as aeguard."""
-    port = free_port()
     argv = [
-        sys.executable, "-m", "service.bench.noop", "--host", HOST, "--port", str(port),
+        sys.executable, "-m", "service.bench.noop", "--host", HOST, "--port", "0",
         "--workers", str(workers), "--model-name", model_name, "--model-version", model_version,
     ]  # fmt: skip
-    return ServerProcess("no-op server", argv, port, log_dir / "noop-serve.log")
+    return ServerProcess("no-op server", argv, log_dir / "noop-serve.log")

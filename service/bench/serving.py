@@ -109,10 +109,11 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
         f"machine: {cores} cores; servers: one process each, {workers} RPC threads, onnxruntime intra/inter "
         f"{intra}/{inter} threads; load generator: {args.client_processes} grpc.aio client processes on the "
         f"same cores;\n{args.duration_s:g} s measured per cell after {args.warmup_s:g} s warm-up, "
-        "loopback only",
+        f"{args.repeat} round(s), median reported; loopback only; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    rows: list[dict[str, Any]] = []
+    workload_list = workloads(args)
+    rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
     pool = loadgen.ClientPool(args.client_processes)
     servers: list[ServerProcess] = []
     try:
@@ -122,35 +123,52 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
         servers.append(noop)
         for s in servers:
             s.wait_serving()
-        for w in workloads(args):
-            row: dict[str, Any] = {
-                "workload": w.name,
-                "method": w.method,
-                "rows": w.rows,
-                "in_flight": w.in_flight,
-            }
-            row["aeguard"] = measure_server(pool, aeguard, w, meta.n_features, args)
-            row["noop"] = measure_server(pool, noop, w, meta.n_features, args)
-            rows.append(row)
-            print(f"  measured {w.name}", flush=True)
+        # Rounds interleave the servers (and swap who goes first) so a burst of outside load hits
+        # both alike; the median round is reported.
+        for r in range(args.repeat):
+            for w in workload_list:
+                for side, server in [("aeguard", aeguard), ("noop", noop)][:: 1 if r % 2 == 0 else -1]:
+                    m = measure_server(pool, server, w, meta.n_features, args)
+                    rounds.setdefault((w.name, side), []).append(m)
+            print(f"  round {r + 1}/{args.repeat} done", flush=True)
     finally:
         pool.close()
         for s in servers:
             s.stop()
     # In-process last, with both servers gone, on as many threads as there are calls in flight (up to
     # one per core): the most this machine can score with this model.
-    cache: dict[tuple[int, int], dict[str, Any]] = {}
-    for row in rows:
-        threads = min(row["in_flight"], cores)
-        key = (row["rows"], threads)
-        if key not in cache:
-            r = measure_in_process(scorer, rows=row["rows"], threads=threads, duration_s=args.duration_s)
-            cache[key] = report.summarize(
-                requests=r.requests, samples=r.samples, latencies_s=r.latencies_s, duration_s=args.duration_s
+    in_process: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for w in workload_list:
+        key = (w.rows, min(w.in_flight, cores))
+        while len(in_process.setdefault(key, [])) < args.repeat:
+            res = measure_in_process(scorer, rows=key[0], threads=key[1], duration_s=args.duration_s)
+            m = report.summarize(
+                requests=res.requests,
+                samples=res.samples,
+                latencies_s=res.latencies_s,
+                duration_s=args.duration_s,
             )
-            cache[key]["threads"] = threads
-            cache[key]["server_cpu_cores"] = r.cpu_s / args.duration_s
-        row["in_process"] = cache[key]
+            m["threads"] = key[1]
+            m["server_cpu_cores"] = res.cpu_s / args.duration_s
+            in_process[key].append(m)
+    rows: list[dict[str, Any]] = []
+    for w in workload_list:
+        rate_key = "samples_per_s" if w.rows > 1 else "requests_per_s"
+        sides = {
+            "aeguard": rounds[(w.name, "aeguard")],
+            "noop": rounds[(w.name, "noop")],
+            "in_process": in_process[(w.rows, min(w.in_flight, cores))],
+        }
+        row: dict[str, Any] = {
+            "workload": w.name,
+            "method": w.method,
+            "rows": w.rows,
+            "in_flight": w.in_flight,
+        }
+        for side, ms in sides.items():
+            row[side] = dict(report.median_round(ms, rate_key))
+            row[side]["rounds"] = [m[rate_key] for m in ms]
+        rows.append(row)
     for row in rows:
         rate_key = "samples_per_s" if row["rows"] > 1 else "requests_per_s"
         row["rate_key"] = rate_key
@@ -162,10 +180,11 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
     verdict = _target(rows)
     print(verdict["line"])
     print(
-        "notes: ratios are aeguard / baseline on the rate column. CPU cores = CPU seconds per second of "
-        "the aeguard server process and of all client processes together during aeguard's window; "
-        f"client and server share the {cores} cores, so a client near its share limits the rate of both "
-        "servers alike. In-process runs min(in-flight, cores) threads."
+        "notes: ratios are aeguard / baseline on the rate column. srv CPU us/req = server process CPU time "
+        "per request (robust to outside load, unlike rates). cores = CPU seconds per second of the aeguard "
+        "server process and of all client processes together in aeguard's window. Client and server share "
+        f"the {cores} cores, so the load generator's CPU is taken from both servers alike. In-process runs "
+        "min(in-flight, cores) threads."
     )
     return {
         "model": {
@@ -177,6 +196,7 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
         "settings": {
             "duration_s": args.duration_s,
             "warmup_s": args.warmup_s,
+            "repeat": args.repeat,
             "client_processes": args.client_processes,
             "server_workers": workers,
             "onnxruntime_threads": {"intra_op": intra, "inter_op": inter},
