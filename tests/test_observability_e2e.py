@@ -4,7 +4,8 @@
 real Pushgateway; a real Prometheus on 127.0.0.1 scrapes both every second with the project's
 recording and alert rules loaded. A client sends normal traffic, then a burst of anomalies.
 Asserted through Prometheus's HTTP API: the targets are up, the anomaly-rate alert is quiet on
-normal traffic and fires during the burst, and every query of every dashboard panel returns data.
+normal traffic and fires during the burst, every rule evaluates without error, and every query of
+every dashboard panel returns data.
 
 The rules are loaded from a copy with two changes, so the test takes seconds rather than
 minutes: AeguardAnomalyRateHigh's ``for`` is 2 s (10 m in production) and the baseline group is
@@ -131,6 +132,10 @@ class Prometheus:
     def alerts(self, name: str) -> list[dict]:
         doc = json.loads(http_get(f"{self.url}/api/v1/alerts"))
         return [a for a in doc["data"]["alerts"] if a["labels"]["alertname"] == name]
+
+    def rules(self) -> list[dict]:
+        doc = json.loads(http_get(f"{self.url}/api/v1/rules"))
+        return [rule for group in doc["data"]["groups"] for rule in group["rules"]]
 
 
 # -- traffic ---------------------------------------------------------------------------------------
@@ -366,7 +371,16 @@ def test_alert_fires_on_an_anomaly_burst_and_every_panel_has_data(stack: Stack) 
     assert alert["labels"]["model_name"] == "tiny" and alert["labels"]["severity"] == "warning"
     assert float(alert["value"]) > NO_HISTORY_LEVEL
 
-    # 4. Every query of every dashboard panel returns data (at least one finite sample).
+    # 4. Every project rule was loaded and evaluates without error on real data.
+    rules = prom.rules()
+    expected = sum(
+        len(g["rules"]) for f in RULES.glob("*.yml") for g in yaml.safe_load(f.read_text())["groups"]
+    )
+    assert len(rules) == expected
+    broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
+    assert not broken, broken
+
+    # 5. Every query of every dashboard panel returns data (at least one finite sample).
     spec = importlib.util.spec_from_file_location("panel_queries", DEPLOY / "grafana" / "panel_queries.py")
     assert spec and spec.loader
     pq = importlib.util.module_from_spec(spec)
@@ -382,6 +396,6 @@ def test_alert_fires_on_an_anomaly_burst_and_every_panel_has_data(stack: Stack) 
             empty.append(f"{q.panel} [{q.ref_id}]: {q.expr} -> {values}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
-    # 5. The server drains and exits cleanly on SIGTERM.
+    # 6. The server drains and exits cleanly on SIGTERM.
     traffic.stopped.set()
     assert stop(stack.server) == 0, (stack.logs / "server.log").read_text()[-2000:]
