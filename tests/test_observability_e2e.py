@@ -49,20 +49,21 @@ NO_HISTORY_LEVEL = 0.10
 START_TIMEOUT_S = 60.0
 ALERT_TIMEOUT_S = 60.0
 
-#: Server-side metrics the agreed list names (README "Metrics"), as exposed sample names.
-SERVER_METRICS = {
-    "aeguard_rpc_requests_total",
-    "aeguard_rpc_duration_seconds_bucket",
-    "aeguard_rpc_in_flight",
-    "aeguard_samples_scored_total",
-    "aeguard_anomalies_total",
-    "aeguard_normalized_score_bucket",
-    "aeguard_batch_size_samples_bucket",
-    "aeguard_model_info",
-    "aeguard_model_threshold",
-    "aeguard_model_load_duration_seconds",
-    "aeguard_model_load_failures_total",
-    "aeguard_score_drift_psi",
+#: Server-side metrics of the agreed list (README "Metrics"): exposed sample name -> labels.
+MV = frozenset({"model_name", "model_version"})
+SERVER_METRICS: dict[str, frozenset[str]] = {
+    "aeguard_rpc_requests_total": frozenset({"method", "code"}),
+    "aeguard_rpc_duration_seconds_bucket": frozenset({"method", "le"}),
+    "aeguard_rpc_in_flight": frozenset({"method"}),
+    "aeguard_samples_scored_total": MV,
+    "aeguard_anomalies_total": MV | {"severity"},
+    "aeguard_normalized_score_bucket": MV | {"le"},
+    "aeguard_batch_size_samples_bucket": frozenset({"method", "le"}),
+    "aeguard_model_info": MV | {"coding_size", "n_features"},
+    "aeguard_model_threshold": MV | {"threshold"},
+    "aeguard_model_load_duration_seconds": frozenset({"model_name"}),
+    "aeguard_model_load_failures_total": frozenset(),
+    "aeguard_score_drift_psi": MV,
 }
 
 
@@ -317,8 +318,14 @@ def test_server_exposes_every_agreed_metric(stack: Stack) -> None:
 
     wait_for("traffic", lambda: stack.traffic.sent.get("normal", 0) > 0)
     text = http_get(stack.metrics_url).decode()
-    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
-    assert SERVER_METRICS - names == set(), "metrics the rules and the dashboard read but the server lacks"
+    labels: dict[str, set[frozenset[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).add(frozenset(sample.labels))
+    missing = set(SERVER_METRICS) - set(labels)
+    assert not missing, "metrics the rules and the dashboard read but the server lacks"
+    for name, agreed in SERVER_METRICS.items():
+        assert labels[name] == {agreed}, f"{name}: labels {labels[name]}, agreed {set(agreed)}"
 
 
 def test_healthcheck_script_passes_against_the_live_server(stack: Stack) -> None:
