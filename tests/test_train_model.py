@@ -11,8 +11,9 @@ import torch
 from service.errors import DataError, InvalidInputError
 from service.scorer import Scorer
 from training.api import TrainOptions, train_model
+from training.export import ExportError, check_parity, to_onnx
 from training.fit import FitConfig
-from training.model import Autoencoder
+from training.model import Autoencoder, ScoringGraph
 from training.splits import make_splits
 
 
@@ -135,3 +136,15 @@ def test_identity_check_flags_a_model_that_copies(tmp_path):
 def test_identity_check_passes_on_structured_data(tiny_model_path):
     ident = Scorer.load(tiny_model_path).metadata.evaluation["identity_check"]
     assert ident["copying"] is False and ident["shuffled_ratio"] > 2
+
+
+def test_parity_check_catches_a_graph_that_disagrees():
+    graph = ScoringGraph(Autoencoder(4, [4], 2), torch.zeros(4), torch.ones(4)).eval()
+    proto = to_onnx(graph, 4)
+    batch = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    report = check_parity(graph, proto, batch)
+    assert report["parity_max_abs_diff"] < 1e-5 and report["parity_rows"] == 16
+    with torch.no_grad():
+        graph.autoencoder.encoder_weight(0).add_(0.1)  # torch changes, the exported graph does not
+    with pytest.raises(ExportError, match="disagree"):
+        check_parity(graph, proto, batch)

@@ -17,14 +17,15 @@ import torch
 
 from service import artifact
 from service.artifact import ModelMetadata
+from service.errors import AeguardError
 from training import defaults
 from training.model import ScoringGraph
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
-    """The exported graph disagrees with torch beyond the tolerance (a bug, not a user error)."""
+class ExportError(AeguardError):
+    """The exported graph disagrees with torch beyond the tolerance; nothing is written."""
 
 
 @contextlib.contextmanager

@@ -251,7 +251,10 @@ def _threshold_table(result: TrainResult) -> str:
         cells.append(f"{100 * m.get('flagged_rate', 0):.2f} %")
         cells += [f"{m[k]:.3f}" if k in m else "-" for k in ("precision", "recall", "f1")]
         rows.append(cells)
-    return _table(["level", "value", "method", "param", "flagged", "precision", "recall", "F1"], rows)
+    return _table(
+        ["level", "value", "method", "param", "flagged (of evaluation rows)", "precision", "recall", "F1"],
+        rows,
+    )
 
 
 def _coding_table(result: TrainResult, codes_tops: list[np.ndarray], codes: np.ndarray) -> str:
