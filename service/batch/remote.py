@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import cast
 
 import numpy as np
 
 from service import artifact
 from service.artifact import ModelMetadata, ScoreDistribution, Threshold
 from service.batch.config import DEFAULT_REMOTE_BATCH_ROWS
-from service.client import Client, Scores
+from service.client import Client, Scores, StreamError
 from service.errors import AeguardError
 from service.rpc.api import aeguard_pb2 as pb
 from service.scorer import ScoreBatch
@@ -57,7 +58,10 @@ class RemoteScorer:
             name: i for i, name in enumerate([artifact.SEVERITY_NONE, *(t.name for t in metadata.thresholds)])
         }
         self._requests: queue.Queue[np.ndarray | None] = queue.Queue()
-        self._responses = client.score_stream(self._outgoing(), model=model, feature_errors=feature_errors)
+        self._responses = cast(
+            Generator[Scores | StreamError, None, None],
+            client.score_stream(self._outgoing(), model=model, feature_errors=feature_errors),
+        )
 
     @classmethod
     def connect(

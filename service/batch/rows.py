@@ -217,7 +217,7 @@ def split_rows(batch: pa.RecordBatch, spec: OutputSpec) -> Split:
     bad_rows = []
     for i in np.flatnonzero(bad):
         problems = []
-        for j in np.flatnonzero(~finite[i]):
+        for j in (int(k) for k in np.flatnonzero(~finite[i])):
             name = spec.feature_names[j]
             if j in nulls and nulls[j][i]:
                 value: object = None
