@@ -116,3 +116,16 @@ def test_bad_arguments_are_user_errors(
 def test_missing_directory_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["benchmark", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_aeguard_detector_is_scored_through_its_onnx_file(npz_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw.csv"
+    rc = main(
+        ["benchmark", str(npz_dir), "--raw", str(raw), "--detectors", "aeguard", "--datasets", "small",
+         "--seeds", "0", "--jobs", "1"]
+    )  # fmt: skip
+    assert rc == 0
+    (row,) = list(csv.DictReader(raw.open()))
+    assert row["error"] == ""
+    assert float(row["roc_auc"]) > 0.95
+    assert float(row["fit_cpu_s"]) > 0
