@@ -33,7 +33,7 @@ def median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def cpu_us_per_request(m: dict[str, Any] | None) -> float | None:
-    """Server CPU microseconds per request: robust to outside load where the rate is not."""
+    """Server CPU microseconds per request: less sensitive to outside load than the rate."""
     if not m or not m.get("requests_per_s") or m.get("server_cpu_cores") is None:
         return None
     return float(m["server_cpu_cores"] / m["requests_per_s"] * 1e6)

@@ -181,10 +181,10 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
     print(verdict["line"])
     print(
         "notes: ratios are aeguard / baseline on the rate column. srv CPU us/req = server process CPU time "
-        "per request (robust to outside load, unlike rates). cores = CPU seconds per second of the aeguard "
-        "server process and of all client processes together in aeguard's window. Client and server share "
-        f"the {cores} cores, so the load generator's CPU is taken from both servers alike. In-process runs "
-        "min(in-flight, cores) threads."
+        "per request (less sensitive to outside load than rates). cores = CPU seconds per second of the "
+        "aeguard server process and of all client processes together in aeguard's window. Client and "
+        f"server share the {cores} cores, so the load generator's CPU is taken from both servers alike. "
+        "In-process runs min(in-flight, cores) threads."
     )
     return {
         "model": {
