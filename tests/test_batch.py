@@ -55,6 +55,7 @@ def bad_table(table: pa.Table) -> pa.Table:
     columns["f3"][7] = "abc"
     columns["f1"][9] = "nan"
     columns["f0"][300] = "inf"
+    columns["f4"][301] = "1e39"
     return pa.table(columns)
 
 
@@ -264,16 +265,17 @@ def test_flagged_bad_rows_keep_their_place_with_an_error_and_null_scores(
     assert score("--model", tiny_model_path, "--input", clean, "--output", out_clean, "--top-k", "2") == 0
     result, expected = pq.read_table(out), pq.read_table(out_clean)
     assert result.num_rows == table.num_rows
-    assert doc["rows"] == table.num_rows and doc["bad_rows"] == 4 and doc["scored_rows"] == table.num_rows - 4
+    assert doc["rows"] == table.num_rows and doc["bad_rows"] == 5 and doc["scored_rows"] == table.num_rows - 5
     errors = result.column("error").to_pylist()
-    assert {i: errors[i] for i in (5, 7, 9, 300)} == {
+    assert {i: errors[i] for i in (5, 7, 9, 300, 301)} == {
         5: "column 'f2' is missing",
         7: "column 'f3' is not a number ('abc')",
         9: "column 'f1' is NaN",
         300: "column 'f0' is infinite (inf)",
+        301: "column 'f4' is 1e+39, beyond float32's range",
     }
     bad = np.zeros(table.num_rows, dtype=bool)
-    bad[[5, 7, 9, 300]] = True
+    bad[[5, 7, 9, 300, 301]] = True
     assert all(e is None for e, b in zip(errors, bad, strict=True) if not b)
     for name in ("score", "normalized_score", "is_anomaly", "severity", "top_1_feature", "top_2_error"):
         values = result.column(name)
@@ -452,3 +454,26 @@ def test_severity_column_is_consistent_with_normalized_score(parquet_in, tiny_mo
     anomalous = pc.greater_equal(result.column("normalized_score"), 1.0)
     assert anomalous.equals(result.column("is_anomaly"))
     assert pc.equal(result.column("severity"), "none").equals(pc.invert(result.column("is_anomaly")))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_empty_input_gives_an_empty_output_with_the_full_schema(
+    table, tiny_model_path, tmp_path, capsys, suffix
+):
+    empty = table.slice(0, 0)
+    if suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        source = tmp_path / "empty.csv"
+        pacsv.write_csv(empty, source)
+    else:
+        source = write_parquet(empty, tmp_path / "empty.parquet")
+    out = tmp_path / f"out{suffix}"
+    assert (
+        score("--model", tiny_model_path, "--input", source, "--output", out, "--id-column", "id", "--json")
+        == 0
+    )
+    assert summary_json(capsys.readouterr().out)["rows"] == 0
+    result = read_output(out)
+    assert result.num_rows == 0
+    assert result.column_names == ["id", "score", "normalized_score", "is_anomaly", "severity"]

@@ -11,11 +11,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, BatchConfig
 from service.batch.summary import Summary
@@ -145,14 +147,21 @@ def run_job(config: BatchConfig) -> Summary:
     )
 
 
-def _interrupt_on_sigterm() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so temporary output is removed and the exit code is non-zero."""
+@contextlib.contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C while the job runs: temporary output is removed, exit is non-zero."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _push(url: str, summary: Summary | None, duration_s: float) -> None:
@@ -167,11 +176,11 @@ def _push(url: str, summary: Summary | None, duration_s: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    _interrupt_on_sigterm()
     started = time.perf_counter()
     summary: Summary | None = None
     try:
-        summary = run_job(config)
+        with _interrupt_on_sigterm():
+            summary = run_job(config)
     finally:
         if config.pushgateway:
             _push(config.pushgateway, summary, time.perf_counter() - started)
