@@ -50,6 +50,8 @@ class ServerConfig:
     """Threads handling RPCs (grpcio's ThreadPoolExecutor)."""
     max_concurrent_rpcs: int = 0
     """RPCs accepted at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit."""
+    micro_batch_rows: int = 256
+    """Most rows concurrent small requests to one model are combined into (one onnxruntime call); 0 = off."""
     intra_op_threads: int = 1
     """onnxruntime threads inside one operator (per model session)."""
     inter_op_threads: int = 1
@@ -68,6 +70,8 @@ class ServerConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise InvalidInputError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.micro_batch_rows < 0:
+            raise InvalidInputError(f"micro_batch_rows must be >= 0, got {self.micro_batch_rows}")
         if self.grace_s < 0 or self.drift_window < 1 or self.drift_min_samples < 0:
             raise InvalidInputError("grace_s must be >= 0, drift_window >= 1, drift_min_samples >= 0")
 

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """One servable model: its scorer plus what the server tracks about it."""
+    """One servable model: its scorer plus what the server tracks about it (compared by identity)."""
 
     name: str
     scorer: Scorer

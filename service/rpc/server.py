@@ -103,7 +103,7 @@ def build_server(config: ServerConfig, store: ModelStore, metrics: Metrics | Non
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
     pb_grpc.add_AnomalyDetectorServicer_to_server(
-        AnomalyDetectorServicer(store, metrics, config.max_batch_rows), server
+        AnomalyDetectorServicer(store, metrics, config.max_batch_rows, config.micro_batch_rows), server
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

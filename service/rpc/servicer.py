@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from service.batcher import MicroBatcher
 from service.errors import AeguardError
 from service.metrics import Metrics
 from service.model_store import ModelStore
@@ -20,16 +21,24 @@ from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.interceptors import status_for
 
 #: Full service name, as used by health checks and reflection.
+#: Requests up to this many rows (without feature errors) go through the micro-batcher.
+SMALL_REQUEST_ROWS = 64
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AnomalyDetector"].full_name
 
 
 class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     """Scoring, encoding and model descriptions over the model store."""
 
-    def __init__(self, store: ModelStore, metrics: Metrics, max_batch_rows: int) -> None:
+    def __init__(
+        self, store: ModelStore, metrics: Metrics, max_batch_rows: int, micro_batch_rows: int = 256
+    ) -> None:
         self._store = store
         self._metrics = metrics
         self._max_rows = max_batch_rows
+        self._batcher = (
+            MicroBatcher(micro_batch_rows, on_batch=metrics.observe_scores) if micro_batch_rows else None
+        )
+        self._small_rows = min(SMALL_REQUEST_ROWS, micro_batch_rows)
         self._score_batch = metrics.batch_size.labels("Score")
         self._stream_batch = metrics.batch_size.labels("ScoreStream")
         self._encode_batch = metrics.batch_size.labels("Encode")
@@ -37,9 +46,18 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     def _score(self, request: pb.ScoreRequest, batch_size: Any) -> pb.ScoreResponse:
         model = self._store.get(request.model)
         x = convert.request_rows(request, model, self._max_rows)
-        batch = model.scorer.score(x, with_feature_errors=request.feature_errors or request.top_k > 0)
+        with_fe = request.feature_errors or request.top_k > 0
+        if (
+            self._batcher is not None
+            and not with_fe
+            and x.shape[0] <= self._small_rows
+            and x.shape[1] == model.metadata.n_features  # other widths fail alone, with their message
+        ):
+            batch = self._batcher.score(model, x)  # metrics are updated once per group
+        else:
+            batch = model.scorer.score(x, with_feature_errors=with_fe)
+            self._metrics.observe_scores(model, batch)
         batch_size.observe(x.shape[0])
-        self._metrics.observe_scores(model, batch)
         return convert.score_response(request, model, batch)
 
     def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
