@@ -99,7 +99,8 @@ class MicroBatcher:
         try:
             while not done:
                 with queue.lock:
-                    group, rows = [], 0
+                    group: list[_Slot] = []
+                    rows = 0
                     while queue.pending and (not group or rows + len(queue.pending[0].x) <= self.max_rows):
                         slot = queue.pending.pop(0)
                         group.append(slot)
