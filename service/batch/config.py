@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 #: Rows per chunk read, scored and written at a time; bounds the job's memory.
-DEFAULT_CHUNK_ROWS = 65_536
+DEFAULT_CHUNK_ROWS = 32_768
 #: Rows per ScoreStream request in remote mode; the server refuses more than its --max-batch-rows (8192).
 DEFAULT_REMOTE_BATCH_ROWS = 4096
 #: How many bad rows a failure message names.
