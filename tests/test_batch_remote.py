@@ -83,6 +83,7 @@ def test_unreachable_target_is_a_clear_error(source, tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "o.parquet"
-    assert score("--target", f"127.0.0.1:{port}", "--input", source, "--output", out) == 2
-    assert f"127.0.0.1:{port}: not reachable" in capsys.readouterr().err
+    args = ["--target", f"127.0.0.1:{port}", "--input", source, "--output", out, "--connect-timeout-s", "1"]
+    assert score(*args) == 2
+    assert f"127.0.0.1:{port}: not reachable within 1.0 s" in capsys.readouterr().err
     assert not out.exists()

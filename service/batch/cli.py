@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_REMOTE_BATCH_ROWS})",
     )
     parser.add_argument(
+        "--connect-timeout-s",
+        type=float,
+        default=10.0,
+        help="with --target: seconds to wait for the server to accept the connection (default 10)",
+    )
+    parser.add_argument(
         "--chunk-rows",
         type=_positive,
         default=DEFAULT_CHUNK_ROWS,
@@ -110,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         target=args.target,
         model_name=args.model_name,
         remote_batch_rows=args.remote_batch_rows,
+        connect_timeout_s=args.connect_timeout_s,
         chunk_rows=args.chunk_rows,
         id_column=args.id_column,
         keep_columns=tuple(c.strip() for c in args.keep_columns.split(",") if c.strip()),
@@ -137,6 +144,7 @@ def run_job(config: BatchConfig) -> Summary:
             config.model_name,
             feature_errors=config.top_k > 0,
             batch_rows=config.remote_batch_rows,
+            connect_timeout_s=config.connect_timeout_s,
         ) as remote:
             return score_file(config, remote.metadata, remote.score, engine=f"remote {config.target}")
     from service.scorer import Scorer

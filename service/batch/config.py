@@ -32,6 +32,8 @@ class BatchConfig:
     """The model's name on the server (``target`` only; default: the server's default model)."""
     remote_batch_rows: int = DEFAULT_REMOTE_BATCH_ROWS
     """Rows per ScoreStream request (``target`` only)."""
+    connect_timeout_s: float = 10.0
+    """How long to wait for the server to accept a connection (``target`` only)."""
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     """Rows per chunk; peak memory grows with this, not with the input."""
     id_column: str | None = None

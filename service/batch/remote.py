@@ -24,8 +24,6 @@ from service.scorer import ScoreBatch
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0
-
 
 def metadata_from_info(info: pb.ModelInfo) -> ModelMetadata:
     """The parts of a model's metadata the batch job needs, from the server's ModelInfo."""
@@ -71,11 +69,12 @@ class RemoteScorer:
         *,
         feature_errors: bool,
         batch_rows: int = DEFAULT_REMOTE_BATCH_ROWS,
+        connect_timeout_s: float = 10.0,
     ) -> RemoteScorer:
         """Connect to ``target``, fetch the model's description and open the stream."""
         client = Client(target)
         try:
-            client.wait_ready(CONNECT_TIMEOUT_S)
+            client.wait_ready(connect_timeout_s)
             info = client.model_info(model or "")
         except BaseException:
             client.close()
