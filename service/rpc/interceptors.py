@@ -1,10 +1,10 @@
 """The one place domain errors become gRPC status codes, and where every RPC is counted and timed.
 
-:class:`ServiceInterceptor` wraps each method handler once (cached per method, so the request path
-pays a dict lookup): it maps :class:`~service.errors.AeguardError` subclasses through
-:data:`STATUS_FOR` to a status code with the error's message, turns anything else into INTERNAL
-with the fixed text ``internal error`` (the traceback goes to the log), and updates the RPC
-metrics: finished RPCs by code, latency (per message for streams), in-flight gauge.
+:class:`InstrumentedServer` wraps each method handler once, when it is registered. The wrapper
+maps :class:`~service.errors.AeguardError` subclasses through :data:`STATUS_FOR` to a status code
+with the error's message, turns anything else into INTERNAL with the fixed text ``internal error``
+(the traceback goes to the log), and updates the RPC metrics: finished RPCs by code, latency (per
+message for streams), in-flight gauge.
 """
 
 from __future__ import annotations
@@ -52,38 +52,62 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
-    """Error mapping and RPC metrics for every method (ours, health and reflection)."""
+class InstrumentedServer:
+    """Registers services on a ``grpc.Server`` with every method handler wrapped once.
 
-    def __init__(self, metrics: Metrics) -> None:
+    The generated ``add_*Servicer_to_server(servicer, server)`` functions (ours, health,
+    reflection) accept it in place of the server. Each wrapped handler maps errors to status codes
+    and updates the RPC metrics. Wrapping at registration rather than with a
+    ``grpc.ServerInterceptor`` keeps all per-call work in the RPC worker threads: an interceptor
+    runs on grpcio's single dispatch thread for every call, and cost about a quarter of the batch-1
+    throughput in our measurements.
+    """
+
+    def __init__(self, server: grpc.Server, metrics: Metrics) -> None:
+        self._server = server
         self._metrics = metrics
-        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        key = (handler_call_details.method, id(handler))
-        wrapped = self._wrapped.get(key)
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
+
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The instrumented handler for ``/package.Service/Method`` (one per method)."""
+        wrapped = self._wrapped.get(full_method)
         if wrapped is None:
-            wrapped = self._wrapped[key] = self._wrap(handler_call_details.method, handler)
+            wrapped = self._wrapped[full_method] = _wrap(
+                self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler
+            )
         return wrapped
 
-    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        series = self._metrics.rpc(full_method.rsplit("/", 1)[-1])
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_unary(handler.unary_unary, series))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_streaming(handler.unary_stream, series, False))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_streaming(handler.stream_stream, series, True))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_unary(handler.stream_unary, series))
-        return handler
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, owner: InstrumentedServer) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        return None if handler is None else self._owner.wrap(handler_call_details.method, handler)
+
+
+def _wrap(series: RpcSeries, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return handler._replace(unary_unary=_unary(handler.unary_unary, series))
+    if handler.unary_stream:
+        return handler._replace(unary_stream=_streaming(handler.unary_stream, series, False))
+    if handler.stream_stream:
+        return handler._replace(stream_stream=_streaming(handler.stream_stream, series, True))
+    if handler.stream_unary:
+        return handler._replace(stream_unary=_unary(handler.stream_unary, series))
+    return handler
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, full: str) -> None:

@@ -22,7 +22,7 @@ from service.errors import NotReadyError
 from service.metrics import Metrics, serve_http
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
-from service.rpc.interceptors import ServiceInterceptor
+from service.rpc.interceptors import InstrumentedServer
 from service.rpc.servicer import SERVICE_NAME, AnomalyDetectorServicer
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,6 @@ def build_server(config: ServerConfig, store: ModelStore, metrics: Metrics | Non
     limit = config.message_limit_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aeguard-rpc"),
-        interceptors=[ServiceInterceptor(metrics)],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -102,8 +101,9 @@ def build_server(config: ServerConfig, store: ModelStore, metrics: Metrics | Non
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
+    instrumented = InstrumentedServer(server, metrics)  # error mapping and RPC metrics on every method
     pb_grpc.add_AnomalyDetectorServicer_to_server(
-        AnomalyDetectorServicer(store, metrics, config.max_batch_rows, config.micro_batch_rows), server
+        AnomalyDetectorServicer(store, metrics, config.max_batch_rows, config.micro_batch_rows), instrumented
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
@@ -111,8 +111,10 @@ def build_server(config: ServerConfig, store: ModelStore, metrics: Metrics | Non
             max_workers=1, thread_name_prefix="aeguard-health"
         ),
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, instrumented)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), instrumented
+    )
     host = f"[{config.host}]" if ":" in config.host else config.host
     # TLS (a later issue) would use server.add_secure_port with credentials from the config here.
     try:
