@@ -42,20 +42,20 @@ TARGET_PEAK_RSS_MB = 500.0
 LIMIT_ROUNDS = 3
 
 
-def _rows(n: int, seed: int) -> np.ndarray:
-    """Correlated float32 rows: 4 latent factors mixed into 32 features, plus noise."""
+def _rows(n: int, d: int, seed: int) -> np.ndarray:
+    """Correlated float32 rows: 4 latent factors mixed into ``d`` features, plus noise."""
     rng = np.random.default_rng(seed)
-    mixing = np.random.default_rng(0).standard_normal((4, N_FEATURES))
-    x = rng.standard_normal((n, 4)) @ mixing + 0.1 * rng.standard_normal((n, N_FEATURES))
+    mixing = np.random.default_rng(0).standard_normal((4, d))
+    x = rng.standard_normal((n, 4)) @ mixing + 0.1 * rng.standard_normal((n, d))
     return x.astype(np.float32)
 
 
-def _write_parquet(path: Path, n: int, seed: int) -> Path:
-    names = [f"f{j}" for j in range(N_FEATURES)]
+def _write_parquet(path: Path, n: int, names: list[str], seed: int) -> Path:
+    """``n`` rows in 128 Ki-row row groups, written chunk by chunk (never all in memory)."""
     schema = pa.schema([pa.field(name, pa.float32()) for name in names])
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, n, ROW_GROUP_ROWS):
-            x = _rows(min(ROW_GROUP_ROWS, n - start), seed + start)
+            x = _rows(min(ROW_GROUP_ROWS, n - start), len(names), seed + start)
             writer.write_table(pa.Table.from_arrays(list(x.T), schema=schema), row_group_size=ROW_GROUP_ROWS)
     return path
 
@@ -64,7 +64,7 @@ def ensure_model(work: Path) -> Path:
     """The cached 32-feature model, trained with `aeguard train` (a few epochs) when missing."""
     if MODEL_PATH.is_file():
         return MODEL_PATH
-    data = _write_parquet(work / "train.parquet", 20_000, seed=1)
+    data = _write_parquet(work / "train.parquet", 20_000, [f"f{j}" for j in range(N_FEATURES)], seed=1)
     MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
     log.info("training the batch benchmark's model into %s (once; later runs reuse it)", MODEL_PATH)
     command = [sys.executable, "-m", "service.cli", "train", str(data), "--out", str(MODEL_PATH)]
@@ -107,11 +107,12 @@ def compute_limit(model: Path, source: Path, chunk_rows: int, threads: int = 1) 
 
     scorer = Scorer.load(model, intra_op_threads=threads)
     parquet = pq.ParquetFile(source)
-    x = np.empty((parquet.metadata.num_rows, N_FEATURES), dtype=np.float32)
+    d = scorer.metadata.n_features
+    x = np.empty((parquet.metadata.num_rows, d), dtype=np.float32)
     start = 0
-    for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS):
+    for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS, columns=scorer.metadata.feature_names):
         end = start + batch.num_rows
-        for j in range(N_FEATURES):
+        for j in range(d):
             x[start:end, j] = batch.column(j).to_numpy()
         start = end
     rates = []
@@ -124,17 +125,25 @@ def compute_limit(model: Path, source: Path, chunk_rows: int, threads: int = 1) 
 
 
 def run_batch_bench(
-    small_rows: int = SMALL_ROWS, large_rows: int = LARGE_ROWS, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    small_rows: int = SMALL_ROWS,
+    large_rows: int = LARGE_ROWS,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    model: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure, print and return the batch job's figures (see the module docstring)."""
-    print(
-        f"\nbatch job: Parquet in -> Parquet out, d={N_FEATURES}, chunks of {chunk_rows} rows, 1 ORT thread"
-    )
+    """Measure, print and return the batch job's figures (see the module docstring).
+
+    ``model`` defaults to the cached 32-feature model; any model works (the tests pass a tiny one
+    and small row counts), the input columns being named after its features.
+    """
+    from service.scorer import Scorer
+
     with tempfile.TemporaryDirectory(prefix="aeguard-bench-batch-") as tmp:
         work = Path(tmp)
-        model = ensure_model(work)
-        small = _write_parquet(work / "small.parquet", small_rows, seed=10)
-        large = _write_parquet(work / "large.parquet", large_rows, seed=20)
+        model = model or ensure_model(work)
+        names = Scorer.load(model).metadata.feature_names
+        print(f"\nbatch job: Parquet -> Parquet, d={len(names)}, chunks of {chunk_rows} rows, 1 ORT thread")
+        small = _write_parquet(work / "small.parquet", small_rows, names, seed=10)
+        large = _write_parquet(work / "large.parquet", large_rows, names, seed=20)
         jobs = {
             "small": run_job(model, small, work / "small-out.parquet", chunk_rows),
             "large": run_job(model, large, work / "large-out.parquet", chunk_rows),
@@ -144,7 +153,7 @@ def run_batch_bench(
     ratio = jobs["large"]["rows_per_s"] / limit
     result = {
         "model": str(model),
-        "n_features": N_FEATURES,
+        "n_features": len(names),
         "chunk_rows": chunk_rows,
         "jobs": jobs,
         "onnxruntime_rows_per_s": round(limit, 1),
