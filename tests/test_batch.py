@@ -376,6 +376,25 @@ def test_interrupted_job_exits_non_zero_and_leaves_no_output(table, tiny_model_p
     assert leftovers(tmp_path) == []
 
 
+def test_killed_job_leaves_only_a_hidden_temporary_that_the_rerun_removes(table, tiny_model_path, tmp_path):
+    out, args = _slow_job(tiny_model_path, tmp_path, table, ["--no-progress"])
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not leftovers(tmp_path) and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job finished before it could be killed"
+        proc.kill()  # SIGKILL: no chance to clean up
+    finally:
+        proc.wait()
+    assert not out.exists()
+    assert len(leftovers(tmp_path)) == 1 and leftovers(tmp_path)[0].startswith(".out.parquet.aeguard-tmp-")
+    quick = [a if a != "50" else "65536" for a in args]  # the same job in large chunks
+    rerun = subprocess.run(quick, cwd=REPO, capture_output=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert leftovers(tmp_path) == []
+    assert pq.read_metadata(out).num_rows == table.num_rows * 200
+
+
 def test_progress_bar_on_a_terminal(table, tiny_model_path, tmp_path):
     source = write_parquet(pa.concat_tables([table] * 20), tmp_path / "in.parquet")
     primary, secondary = pty.openpty()

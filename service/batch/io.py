@@ -155,6 +155,36 @@ def _temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.aeguard-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove temporaries beside ``path`` left by jobs that were killed outright (SIGKILL, power loss).
+
+    Only those whose writer process no longer exists; a job still running keeps its own.
+    """
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.aeguard-tmp-*"):
+        pid_text = tmp.name.rsplit(".aeguard-tmp-", 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        log.info("removed %s, left by an earlier job that was killed", tmp)
+        removed.append(tmp)
+    return removed
+
+
 class AtomicWriter:
     """Write batches to a hidden temporary file; :meth:`commit` renames it onto the target.
 
@@ -166,6 +196,7 @@ class AtomicWriter:
         self.path = Path(path)
         self.format = output_format(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
         self.tmp_path = _temporary_beside(self.path)
         self.schema = schema
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
@@ -210,6 +241,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path``, else it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = _temporary_beside(target)
     try:
         yield tmp
