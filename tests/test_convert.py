@@ -122,3 +122,26 @@ def test_model_info_describes_the_model(model):
     assert list(info.score_distribution.values) == meta.score_distribution.values
     assert info.schema_version == meta.schema_version
     assert info.load_duration_s == model.load_duration_s > 0
+
+
+def test_large_plain_responses_take_the_numpy_path_with_identical_results(model, tiny_dataset):
+    x = np.concatenate([tiny_dataset.normal[:30], tiny_dataset.anomalies[:30]])
+    batch = model.scorer.score(x)
+    assert len(set(batch.severity_level.tolist())) == 3  # none, warning and critical all present
+    resp = convert.score_response(pb.ScoreRequest(request_id="big"), model, batch)
+    expected = pb.ScoreResponse(
+        model="tiny",
+        model_version="1",
+        request_id="big",
+        results=[
+            pb.SampleResult(
+                score=float(batch.score[i]),
+                normalized_score=float(batch.normalized_score[i]),
+                is_anomaly=bool(batch.is_anomaly[i]),
+                severity=model.severity_names[batch.severity_level[i]],
+            )
+            for i in range(len(x))
+        ],
+    )
+    assert resp == expected
+    assert resp.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
