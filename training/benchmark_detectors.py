@@ -82,6 +82,14 @@ def _knn(seed: int) -> Detector:
     return _Adapter(KNN(), _decision)
 
 
+def _knn_standardized(seed: int) -> Detector:
+    from pyod.models.knn import KNN
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return _Adapter(make_pipeline(StandardScaler(), KNN()), _decision)
+
+
 def _pyod_ae(seed: int) -> Detector:
     from pyod.models.auto_encoder import AutoEncoder
 
@@ -100,7 +108,8 @@ DETECTORS: dict[str, tuple[Callable[[int], Detector], str]] = {
         _aeguard,
         "aeguard's AutoencoderDetector, default settings, exported to ONNX and scored by service.scorer",
     ),
-    "knn": (_knn, "PyOD KNN (k=5, largest distance)"),
+    "knn": (_knn, "PyOD KNN (k=5, largest distance) on the raw features, PyOD's default"),
+    "knn-std": (_knn_standardized, "scikit-learn StandardScaler, then PyOD KNN (k=5, largest distance)"),
     "pyod-ae": (_pyod_ae, "PyOD AutoEncoder (defaults: [64, 32] hidden, 10 epochs, standard scaling)"),
     "iforest": (_iforest, "scikit-learn IsolationForest (100 trees)"),
     "ecod": (_ecod, "PyOD ECOD"),
