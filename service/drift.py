@@ -95,9 +95,10 @@ class ScoreDrift:
 
     def add(self, scores: np.ndarray | float) -> None:
         """Remember scores (newest last), forgetting the oldest beyond the window."""
-        if np.ndim(scores) == 0 or np.size(scores) == 1:
+        flat = scores.reshape(-1) if isinstance(scores, np.ndarray) else np.array([scores], dtype=np.float64)
+        if flat.shape[0] == 1:
             # Fast path for batch-1 traffic: no numpy temporaries.
-            b = bisect.bisect_left(self._edges_list, float(np.ravel(scores)[0]))
+            b = bisect.bisect_left(self._edges_list, float(flat[0]))
             with self._lock:
                 if self._filled == self.window:
                     self._counts[self._ring[self._pos]] -= 1
@@ -107,7 +108,7 @@ class ScoreDrift:
                 self._counts[b] += 1
                 self._pos = (self._pos + 1) % self.window
             return
-        bins = np.searchsorted(self.edges, np.asarray(scores, dtype=np.float64).ravel(), side="left")
+        bins = np.searchsorted(self.edges, flat.astype(np.float64), side="left")
         if len(bins) > self.window:
             bins = bins[-self.window :]
         n = len(bins)
