@@ -3,7 +3,8 @@
 ``run_batch_bench()`` trains (once, cached in ``models/``) a 32-feature model with the real
 trainer, writes Parquet inputs of 100 thousand and 5 million rows under a temporary directory
 (pyarrow's default writer settings, 128 Ki-row row groups; removed afterwards), and runs
-`aeguard score` on each in a child process, reading the child's peak RSS from ``os.wait4``. The
+`aeguard score` on each in a child process, reading its peak RSS from ``os.wait4`` in a small
+launcher process (see ``_LAUNCHER``). The
 compute limit is the same model's :class:`~service.scorer.Scorer` in this process on the same
 5 million rows, already in memory as a float32 matrix, in the same chunk size and thread count;
 job and limit alternate, and their ratio is taken round by round.
@@ -77,29 +78,40 @@ def ensure_model(work: Path) -> Path:
     return MODEL_PATH
 
 
+#: Runs argv[2:], waits for it with wait4 and writes its peak RSS (KiB) to the file argv[1].
+#: A fresh, small interpreter starts the job because Linux's ru_maxrss also counts the memory a
+#: child had before exec, i.e. the parent's: started from this process (which holds the limit's
+#: 5 M-row matrix), every job "peaked" at 1.9 GB.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_job(model: Path, source: Path, output: Path, chunk_rows: int) -> dict[str, Any]:
     """`aeguard score` in a child process: its JSON summary, wall time and peak RSS (MB)."""
     command = [sys.executable, "-m", "service.cli", "score", "--model", str(model), "--input", str(source)]
     command += ["--output", str(output), "--chunk-rows", str(chunk_rows), "--json", "--no-progress"]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True)
-        # wait4 reaps the child and returns its own resource usage (Popen.wait would discard it).
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall_s = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+    rss_file = output.with_name(output.name + ".maxrss")
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(rss_file), *command], capture_output=True, text=True
+    )
+    wall_s = time.perf_counter() - started
     if proc.returncode != 0:
-        raise AeguardError(f"aeguard score failed on {source}:\n{stderr[-2000:]}")
-    summary = json.loads(stdout.strip().splitlines()[-1])
+        raise AeguardError(f"aeguard score failed on {source}:\n{proc.stderr[-2000:]}")
+    peak_kib = int(rss_file.read_text())
+    rss_file.unlink()
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     return {
         "rows": summary["rows"],
         "rows_per_s": summary["rows_per_s"],
         "job_wall_s": summary["wall_s"],
         "process_wall_s": round(wall_s, 3),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        "peak_rss_mb": round(peak_kib / 1024, 1),  # Linux reports KiB
     }
 
 
