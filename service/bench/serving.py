@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
             "server_workers": workers,
             "onnxruntime_threads": {"intra_op": intra, "inter_op": inter},
             "server_args": args.server_arg,
+            # aeguard's defaults (plus AEGUARD_* variables) at the time of the run; --server-arg overrides.
+            "server_config": dataclasses.asdict(config),
         },
         "rows": rows,
         "target": verdict,
