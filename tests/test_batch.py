@@ -304,6 +304,18 @@ def test_bad_output_paths(parquet_in, tiny_model_path, tmp_path, capsys, output,
     assert parquet_in.read_bytes() == before
 
 
+def test_output_that_is_a_directory_or_unwritable(parquet_in, tiny_model_path, tmp_path, capsys):
+    taken = tmp_path / "taken.parquet"
+    taken.mkdir()
+    assert score("--model", tiny_model_path, "--input", parquet_in, "--output", taken) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert taken.is_dir() and not any(taken.iterdir())
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert score("--model", tiny_model_path, "--input", parquet_in, "--output", blocker / "o.parquet") == 2
+    assert "cannot create its directory" in capsys.readouterr().err
+
+
 def test_unreadable_inputs(tiny_model_path, tmp_path, capsys):
     assert (
         score("--model", tiny_model_path, "--input", tmp_path / "nope.csv", "--output", tmp_path / "o.csv")

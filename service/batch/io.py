@@ -195,7 +195,14 @@ class AtomicWriter:
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
         self.format = output_format(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise DataError(
+                f"output {path} is a directory (a Spark engine's output?); remove it or choose another path"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"output {path}: cannot create its directory ({exc})") from exc
         remove_stale_temporaries(self.path)
         self.tmp_path = _temporary_beside(self.path)
         self.schema = schema
@@ -203,6 +210,19 @@ class AtomicWriter:
         self.committed = False
 
     def __enter__(self) -> AtomicWriter:
+        with self._errors():
+            self._open()
+        return self
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A full disk or a read-only directory: a :class:`DataError` naming the output."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"output {self.path}: cannot write ({exc})") from exc
+
+    def _open(self) -> None:
         if self.format == "parquet":
             # Dictionary encoding only pays for text (severity, feature names); on float scores
             # it is tried and abandoned per page, which made writing 2.5x slower.
@@ -212,19 +232,20 @@ class AtomicWriter:
             self._writer = pq.ParquetWriter(str(self.tmp_path), self.schema, use_dictionary=text)
         else:
             self._writer = pacsv.CSVWriter(str(self.tmp_path), self.schema)
-        return self
 
     def write(self, batch: pa.RecordBatch) -> None:
         assert self._writer is not None
         if batch.num_rows:
-            self._writer.write_batch(batch)
+            with self._errors():
+                self._writer.write_batch(batch)
 
     def commit(self) -> None:
         """Finish the file and move it onto the target in one rename."""
         assert self._writer is not None
-        self._writer.close()
-        self._writer = None
-        os.replace(self.tmp_path, self.path)
+        with self._errors():
+            self._writer.close()
+            self._writer = None
+            os.replace(self.tmp_path, self.path)
         self.committed = True
 
     def __exit__(self, *exc_info: object) -> None:
