@@ -50,8 +50,8 @@ class ServerConfig:
     """Threads handling RPCs (grpcio's ThreadPoolExecutor)."""
     max_concurrent_rpcs: int = 0
     """RPCs accepted at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit."""
-    micro_batch_rows: int = 256
-    """Most rows concurrent small requests to one model are combined into (one onnxruntime call); 0 = off."""
+    micro_batch_rows: int = 0
+    """Score concurrent small requests to one model together, up to this many rows per call; 0 = off."""
     intra_op_threads: int = 1
     """onnxruntime threads inside one operator (per model session)."""
     inter_op_threads: int = 1

@@ -43,7 +43,10 @@ def server(tiny_model_path) -> Iterator[ServerHandle]:
     store.load_path(tiny_model_path)
     tiny = store.get().scorer
     store.swap("broken", BrokenScorer(tiny.session, tiny.metadata, "broken"))
-    config = ServerConfig(port=0, metrics_port=0, max_batch_rows=MAX_ROWS, workers=4, default_model="tiny")
+    # Micro-batching on, so small requests also take the batcher's path end to end.
+    config = ServerConfig(
+        port=0, metrics_port=0, max_batch_rows=MAX_ROWS, workers=4, default_model="tiny", micro_batch_rows=256
+    )
     handle = build_server(config, store)
     yield handle
     handle.stop(0)

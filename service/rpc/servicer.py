@@ -30,7 +30,7 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     """Scoring, encoding and model descriptions over the model store."""
 
     def __init__(
-        self, store: ModelStore, metrics: Metrics, max_batch_rows: int, micro_batch_rows: int = 256
+        self, store: ModelStore, metrics: Metrics, max_batch_rows: int, micro_batch_rows: int = 0
     ) -> None:
         self._store = store
         self._metrics = metrics
