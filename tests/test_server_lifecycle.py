@@ -110,3 +110,19 @@ def test_in_flight_stream_is_drained_within_the_grace_period(tiny_model_path):
         assert call.code() == grpc.StatusCode.OK
         stopper.join(timeout=60)
         assert stopped.is_set()
+
+
+def test_message_size_limit_comes_from_the_config(tiny_model_path):
+    store = ModelStore()
+    store.load_path(tiny_model_path)
+    config = ServerConfig(port=0, metrics_port=0, workers=2, max_message_bytes=64 * 1024)
+    handle = build_server(config, store)
+    try:
+        with _channel(handle.port) as channel:
+            stub = pb_grpc.AnomalyDetectorStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Score(_request(3000), timeout=30)  # 96 kB of float32 > 64 kB
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(stub.Score(_request(100), timeout=30).results) == 100
+    finally:
+        handle.stop(0)
