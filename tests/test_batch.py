@@ -508,3 +508,36 @@ def test_empty_input_gives_an_empty_output_with_the_full_schema(
     result = read_output(out)
     assert result.num_rows == 0
     assert result.column_names == ["id", "score", "normalized_score", "is_anomaly", "severity"]
+
+
+def test_threads_do_not_change_scores(parquet_in, tiny_model_path, tmp_path):
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    assert score("--model", tiny_model_path, "--input", parquet_in, "--output", one, "--top-k", "2") == 0
+    args = [
+        "--model",
+        tiny_model_path,
+        "--input",
+        parquet_in,
+        "--output",
+        two,
+        "--top-k",
+        "2",
+        "--threads",
+        "2",
+    ]
+    assert score(*args) == 0
+    assert pq.read_table(one).equals(pq.read_table(two))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--master", "local[1]"], "--master only applies to --engine spark"),
+        (["--engine", "spark", "--target", "127.0.0.1:1"], "cannot be combined with --engine spark"),
+    ],
+)
+def test_inconsistent_options(parquet_in, tiny_model_path, tmp_path, capsys, extra, message):
+    out = tmp_path / "o.parquet"
+    assert score("--model", tiny_model_path, "--input", parquet_in, "--output", out, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

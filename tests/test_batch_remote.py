@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from batch_support import score, summary_json, tiny_table, write_parquet
@@ -15,14 +16,25 @@ from batch_support import score, summary_json, tiny_table, write_parquet
 from service.config import ServerConfig
 from service.model_store import ModelStore
 from service.rpc.server import ServerHandle, build_server
+from service.scorer import Scorer
 
 MAX_BATCH_ROWS = 64
+
+
+class DoubledScorer(Scorer):
+    """The tiny model with every score doubled: a second model the output can tell apart."""
+
+    def score(self, x, *, with_feature_errors=False):
+        scored = super().score(x, with_feature_errors=with_feature_errors)
+        return self.classify(scored.score * 2, scored.feature_errors)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_path) -> Iterator[ServerHandle]:
     store = ModelStore()
     store.load_path(tiny_model_path)
+    tiny = store.get().scorer
+    store.swap("doubled", DoubledScorer(tiny.session, tiny.metadata, "doubled"))
     handle = build_server(
         ServerConfig(host="127.0.0.1", port=0, metrics_port=0, max_batch_rows=MAX_BATCH_ROWS), store
     )
@@ -86,4 +98,32 @@ def test_unreachable_target_is_a_clear_error(source, tmp_path, capsys):
     args = ["--target", f"127.0.0.1:{port}", "--input", source, "--output", out, "--connect-timeout-s", "1"]
     assert score(*args) == 2
     assert f"127.0.0.1:{port}: not reachable within 1.0 s" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_model_name_picks_the_server_model(server, source, tiny_model_path, tmp_path):
+    local, remote = tmp_path / "local.parquet", tmp_path / "remote.parquet"
+    assert score("--model", tiny_model_path, "--input", source, "--output", local) == 0
+    target = f"127.0.0.1:{server.port}"
+    args = ["--target", target, "--model-name", "doubled", "--remote-batch-rows", MAX_BATCH_ROWS]
+    assert score(*args, "--input", source, "--output", remote) == 0
+    doubled, expected = pq.read_table(remote), pq.read_table(local)
+    np.testing.assert_array_equal(doubled.column("score").to_numpy(), expected.column("score").to_numpy() * 2)
+    assert doubled.column("is_anomaly").to_numpy().sum() > expected.column("is_anomaly").to_numpy().sum()
+
+
+def test_unknown_model_name_is_a_clear_error(server, source, tmp_path, capsys):
+    out = tmp_path / "o.parquet"
+    args = [
+        "--target",
+        f"127.0.0.1:{server.port}",
+        "--model-name",
+        "nope",
+        "--input",
+        source,
+        "--output",
+        out,
+    ]
+    assert score(*args) == 2
+    assert "nope" in capsys.readouterr().err
     assert not out.exists()

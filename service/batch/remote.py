@@ -81,7 +81,9 @@ class RemoteScorer:
             raise
         metadata = metadata_from_info(info)
         log.info("scoring through %s with model '%s' version %s", target, metadata.name, metadata.version)
-        return cls(client, metadata, info.name, feature_errors, batch_rows)
+        # Keep to the model asked for by name; with no name, to the model that is the default now,
+        # so that a default swapped on the server mid-job cannot mix two models in one output.
+        return cls(client, metadata, model or info.name, feature_errors, batch_rows)
 
     def _outgoing(self) -> Iterator[np.ndarray]:
         while (chunk := self._requests.get()) is not None:
