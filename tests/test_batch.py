@@ -541,3 +541,15 @@ def test_inconsistent_options(parquet_in, tiny_model_path, tmp_path, capsys, ext
     assert score("--model", tiny_model_path, "--input", parquet_in, "--output", out, *extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_spark_engine_without_pyspark_says_which_extra(parquet_in, tiny_model_path, tmp_path):
+    code = (
+        "import sys; sys.modules['pyspark'] = None; from service.cli import main; "
+        f"sys.exit(main(['score', '--engine', 'spark', '--model', {str(tiny_model_path)!r}, "
+        f"'--input', {str(parquet_in)!r}, '--output', {str(tmp_path / 'o.parquet')!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "pip install 'aeguard[spark]'" in proc.stderr
+    assert not (tmp_path / "o.parquet").exists()
