@@ -50,6 +50,7 @@ class OutputSpec:
     carried: tuple[str, ...]  # input columns copied through (id column first)
     top_k: int
     flag_bad_rows: bool
+    id_column: str | None = None
 
     @classmethod
     def build(
@@ -93,6 +94,7 @@ class OutputSpec:
             carried=tuple(carried),
             top_k=min(top_k, metadata.n_features),
             flag_bad_rows=flag_bad_rows,
+            id_column=id_column,
         )
 
     @property

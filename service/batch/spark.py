@@ -76,7 +76,7 @@ class ArrowScorer:
 
     def _bad_rows_message(self, batch: pa.RecordBatch, bad: list) -> str:
         # Spark does not know a row's position in the input; name it by its id column if there is one.
-        id_column = self.spec.carried[0] if self.spec.carried else None
+        id_column = self.spec.id_column
         shown = []
         for row in bad[:BAD_ROWS_REPORTED]:
             where = (
