@@ -137,6 +137,9 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
     owned = False
     if spark is None:
         spark, owned = _session(config.master)
+    if owned:  # a session we did not start keeps its own settings
+        # The Arrow batches mapInArrow gets: --chunk-rows of the Spark engine (Spark's default: 10 000).
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.chunk_rows))
     started = time.perf_counter()
     try:
         reader = spark.read
