@@ -112,13 +112,19 @@ class RemoteScorer:
             else None,
         )
 
-    def close(self) -> None:
+    def close(self, *, cancel: bool = False) -> None:
+        """End the stream: half-close and let the server finish it (OK), or ``cancel`` it after an error."""
         self._requests.put(None)
-        self._responses.close()
-        self.client.close()
+        try:
+            if not cancel:
+                for _ in self._responses:  # none are left; returns when the server ends the stream
+                    pass
+        finally:
+            self._responses.close()
+            self.client.close()
 
     def __enter__(self) -> RemoteScorer:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(cancel=exc_type is not None)
