@@ -145,3 +145,8 @@ def test_large_plain_responses_take_the_numpy_path_with_identical_results(model,
     )
     assert resp == expected
     assert resp.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
+def test_numpy_encoder_matches_the_current_proto_layout():
+    # If the proto changes, the fast path switches itself off; this test says when that happened.
+    assert convert._WIRE_LAYOUT_OK

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import numpy as np
-from google.protobuf import struct_pb2
+from google.protobuf import descriptor, struct_pb2
 
 from service.errors import InvalidInputError, LimitExceededError
 from service.model_store import LoadedModel
@@ -96,6 +96,36 @@ def request_rows(request: Any, model: LoadedModel, max_rows: int) -> np.ndarray:
 FAST_PATH_MIN_ROWS = 16
 
 
+def _wire_layout_matches() -> bool:
+    """Whether the proto still has the exact layout :func:`_plain_results_wire` writes.
+
+    The numpy encoder bakes in field numbers and types; if anyone edits ``SampleResult`` or
+    ``ScoreResponse.results`` this returns False and every response takes the library's path
+    instead of being silently mis-encoded.
+    """
+    fd = pb.SampleResult.DESCRIPTOR.fields_by_name
+    results = pb.ScoreResponse.DESCRIPTOR.fields_by_name["results"]
+    float_, bool_, string_ = (
+        descriptor.FieldDescriptor.TYPE_FLOAT,
+        descriptor.FieldDescriptor.TYPE_BOOL,
+        descriptor.FieldDescriptor.TYPE_STRING,
+    )
+    expected = {
+        "score": (1, float_),
+        "normalized_score": (2, float_),
+        "is_anomaly": (3, bool_),
+        "severity": (4, string_),
+    }
+    return (
+        results.number == 3
+        and len(fd) == 6  # the two others (top_features, feature_errors) stay empty on this path
+        and all(n in fd and (fd[n].number, fd[n].type) == nt for n, nt in expected.items())
+    )
+
+
+_WIRE_LAYOUT_OK = _wire_layout_matches()
+
+
 def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | None:
     """``ScoreResponse.results`` in protobuf wire format, built with numpy; ``None`` if not applicable.
 
@@ -132,7 +162,8 @@ def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | No
 def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch) -> pb.ScoreResponse:
     """One SampleResult per row, in order."""
     names = model.severity_names
-    if not request.top_k and not request.feature_errors and len(batch.score) >= FAST_PATH_MIN_ROWS:
+    fast = _WIRE_LAYOUT_OK and not request.top_k and not request.feature_errors
+    if fast and len(batch.score) >= FAST_PATH_MIN_ROWS:
         wire = _plain_results_wire(batch, names)
         if wire is not None:
             head = pb.ScoreResponse(
