@@ -375,3 +375,30 @@ def test_drift_gauge_rises_when_scores_drift(stub, server, tiny_dataset):
     drifted = value(scrape(server.metrics_port), "aeguard_score_drift_psi", **labels)
     assert math.isfinite(calm) and calm < 0.5
     assert drifted > 1.0 > calm
+
+
+def test_a_cancelled_stream_is_counted_not_logged_as_an_error(stub, server, caplog):
+    import threading
+
+    release = threading.Event()
+
+    def requests():
+        yield raw_request(np.zeros((1, 8)), request_id="first")
+        release.wait(10)  # hold the stream open until the client has cancelled it
+
+    before = scrape(server.metrics_port).get(
+        ("aeguard_rpc_requests_total", (("code", "CANCELLED"), ("method", "ScoreStream"))), 0.0
+    )
+    with caplog.at_level(logging.ERROR, logger="service.rpc.interceptors"):
+        call = stub.ScoreStream(requests())
+        assert next(call).request_id == "first"
+        call.cancel()
+        release.set()
+        key = ("aeguard_rpc_requests_total", (("code", "CANCELLED"), ("method", "ScoreStream")))
+        for _ in range(100):  # the server notices the cancellation asynchronously
+            if scrape(server.metrics_port).get(key, 0.0) == before + 1:
+                break
+            threading.Event().wait(0.05)
+        assert scrape(server.metrics_port).get(key, 0.0) == before + 1
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert len(stub.Score(raw_request(np.zeros((1, 8)))).results) == 1

@@ -158,6 +158,10 @@ def _streaming(behavior: Callable[..., Any], series: RpcSeries, stream_in: bool)
         except Exception as exc:
             if _is_abort(exc, context):
                 raise
+            if not context.is_active():
+                # The client cancelled or its deadline passed: reading its stream raised. Nobody is
+                # left to answer and nothing went wrong here, so no error is logged.
+                return
             _abort(context, exc, series.method)
         finally:
             in_flight.dec()
