@@ -18,7 +18,10 @@ def test_tiny_model_loads_and_has_the_contract(tiny_model_path, tiny_dataset):
     model = onnx.load(str(tiny_model_path))
     assert [o.name for o in model.graph.output] == list(artifact.OUTPUT_NAMES)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
-    assert meta.export["parity_max_abs_diff"] < 1e-3
+    # The export enforces |torch - ort| <= atol + rtol * |torch|; with whitened residuals the far-out
+    # probe rows score in the thousands, so the absolute figure is float32 rounding at that scale.
+    assert meta.export["parity_tolerance"]["rtol"] <= 1e-4
+    assert meta.export["parity_max_abs_diff"] < 1e-2
 
 
 def test_tiny_model_separates_anomalies(tiny_model_path, tiny_dataset):

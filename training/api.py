@@ -233,7 +233,10 @@ def train_model(
     fitted = fit_autoencoder(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
     if on_fit_end is not None:
         on_fit_end(fitted)
-    graph = ScoringGraph(fitted.model, torch.from_numpy(fitted.mean), torch.from_numpy(fitted.scale)).eval()
+    whitening = None if fitted.error_whitening is None else torch.from_numpy(fitted.error_whitening)
+    graph = ScoringGraph(
+        fitted.model, torch.from_numpy(fitted.mean), torch.from_numpy(fitted.scale), whitening
+    ).eval()
     scores = graph_scores(graph, x)
 
     cal_scores = scores[splits.calibration]
@@ -286,6 +289,12 @@ def train_model(
             "weight_count": fitted.model.weight_count(),
             "parameter_count": sum(p.numel() for p in fitted.model.parameters()),
             "scaler": "standard (mean / std; constant columns scaled by 1)",
+            "score": (
+                "mean of squared ZCA-whitened residuals (Mahalanobis distance / d; Ledoit-Wolf covariance "
+                "of training and validation residuals)"
+                if fitted.error_whitening is not None
+                else "mean squared error in scaled space"
+            ),
             "undercomplete": bool((config.coding_size or 0) < d),
         },
         training={
@@ -303,6 +312,7 @@ def train_model(
                 "batch_size": config.batch_size,
                 "lr": config.lr,
                 "weight_decay": config.weight_decay,
+                "max_steps": config.max_steps,
             },
             "epochs_run": len(fitted.train_loss),
             "best_epoch": fitted.best_epoch,

@@ -36,6 +36,9 @@ class FitConfig:
         Standard deviation of Gaussian noise added to the (scaled) inputs while training; 0 = off.
     max_epochs, patience, min_epochs : int
         Early stopping: stop after ``patience`` epochs without validation improvement.
+    max_steps : int or None
+        Budget of optimiser steps: training also ends after the epoch that reaches it (but not
+        before ``min_epochs``), so large data sets train in bounded time. ``None`` = no budget.
     batch_size : int
         Minibatch size.
     lr : float
@@ -44,6 +47,9 @@ class FitConfig:
         Adam weight decay.
     activation : str
         Hidden-layer activation.
+    whiten_errors : bool
+        Score the residual's Mahalanobis distance instead of its plain squared error (see
+        :func:`error_whitening`).
     seed : int
         Seeds the weight initialisation, the batch order and the noise.
     """
@@ -59,6 +65,8 @@ class FitConfig:
     lr: float = defaults.LEARNING_RATE
     weight_decay: float = defaults.WEIGHT_DECAY
     activation: str = defaults.ACTIVATION
+    max_steps: int | None = defaults.MAX_STEPS
+    whiten_errors: bool = defaults.WHITEN_ERRORS
     seed: int = defaults.SEED
 
 
@@ -73,6 +81,8 @@ class FitResult:
     validation_loss: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    #: ``[d, d]`` residual whitening for the scoring graph; ``None`` = plain squared error.
+    error_whitening: np.ndarray | None = None
 
 
 def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +121,39 @@ def _loss(model: Autoencoder, z: torch.Tensor, batch_size: int) -> float:
             zb = z[start : start + max(batch_size, 4096)]
             total += float(((model(zb) - zb) ** 2).mean(dim=1).sum())
     return total / max(1, z.shape[0])
+
+
+def error_whitening(residuals: np.ndarray) -> np.ndarray:
+    """Symmetric inverse square root of the residuals' covariance (ZCA whitening matrix).
+
+    The covariance is the Ledoit-Wolf shrinkage estimate around zero (residuals of a fitted
+    autoencoder are centred), which stays well-conditioned with few rows; eigenvalues below
+    :data:`training.defaults.WHITENING_EIGEN_FLOOR` times the largest are raised to it.
+    Reconstruction errors then count in units of how much normal rows err, per direction: a
+    feature the model always reconstructs poorly no longer dominates the score, and an error
+    that breaks the usual pattern between features counts more.
+
+    Parameters
+    ----------
+    residuals : numpy.ndarray
+        ``reconstruction - input`` in scaled space, ``[n, d]``, on normal rows.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[d, d]`` matrix ``W`` with ``W @ W = inverse covariance``.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    cov = LedoitWolf(assume_centered=True).fit(residuals.astype(np.float64)).covariance_
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval = np.maximum(eigval, defaults.WHITENING_EIGEN_FLOOR * max(float(eigval.max()), 1e-12))
+    return ((eigvec / np.sqrt(eigval)) @ eigvec.T).astype(np.float32)
+
+
+def _residuals(model: Autoencoder, z: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return (model(z) - z).numpy()
 
 
 def fit_autoencoder(
@@ -152,7 +195,11 @@ def fit_autoencoder(
     best_state = copy.deepcopy(model.state_dict())
     n = z_train.shape[0]
     bs = max(1, min(config.batch_size, n))
-    for epoch in range(1, config.max_epochs + 1):
+    max_epochs = config.max_epochs
+    if config.max_steps is not None:
+        budget_epochs = math.ceil(config.max_steps / math.ceil(n / bs))
+        max_epochs = min(max_epochs, max(config.min_epochs, budget_epochs))
+    for epoch in range(1, max_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=gen)
         running = 0.0
@@ -182,5 +229,10 @@ def fit_autoencoder(
             break
     model.load_state_dict(best_state)
     model.eval()
+    if config.whiten_errors:
+        # Training and validation rows together: more rows for a d x d estimate; both are normal data.
+        result.error_whitening = error_whitening(
+            np.vstack([_residuals(model, z_train), _residuals(model, z_val)])
+        )
     log.debug("best epoch %s of %s, validation loss %.6g", result.best_epoch, len(result.train_loss), best)
     return result

@@ -113,21 +113,40 @@ class ScoringGraph(nn.Module):
         The fitted network (works in scaled space).
     mean, scale : torch.Tensor
         Per-feature standardisation: ``z = (x - mean) / scale``; ``scale`` is never 0.
+    error_whitening : torch.Tensor, optional
+        Symmetric ``[d, d]`` matrix ``W`` applied to the residual ``r = rec - z`` before squaring:
+        ``feature_errors = (r @ W) ** 2``. With ``W`` the inverse square root of the residual
+        covariance on normal rows (ZCA whitening, see :func:`training.fit.error_whitening`), the
+        score is the Mahalanobis distance of the residual divided by ``d``, about 1 on normal rows,
+        and each whitened coordinate stays tied to its own feature. ``None`` = identity (plain
+        squared error in scaled space).
     """
 
     mean: torch.Tensor
     scale: torch.Tensor
+    error_whitening: torch.Tensor | None
 
-    def __init__(self, autoencoder: Autoencoder, mean: torch.Tensor, scale: torch.Tensor) -> None:
+    def __init__(
+        self,
+        autoencoder: Autoencoder,
+        mean: torch.Tensor,
+        scale: torch.Tensor,
+        error_whitening: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.register_buffer("mean", mean.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
+        whitening = None if error_whitening is None else error_whitening.detach().clone().float()
+        self.register_buffer("error_whitening", whitening)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         z = (x - self.mean) / self.scale
         codes = self.autoencoder.encode(z)
         rec = self.autoencoder.decode(codes)
-        feature_errors = (rec - z) ** 2
+        residual = rec - z
+        if self.error_whitening is not None:
+            residual = residual @ self.error_whitening
+        feature_errors = residual**2
         score = feature_errors.mean(dim=1)
         return score, feature_errors, codes, rec * self.scale + self.mean
