@@ -45,6 +45,12 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float | None:
+    """The median of the paired ratios ``numerators[i] / denominators[i]``."""
+    ratios = [r for n, d in zip(numerators, denominators, strict=True) if (r := ratio(n, d)) is not None]
+    return float(np.median(ratios)) if ratios else None
+
+
 def _num(value: float | None, fmt: str = ",.0f") -> str:
     return "-" if value is None else format(value, fmt)
 

@@ -174,18 +174,21 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
         rate_key = "samples_per_s" if row["rows"] > 1 else "requests_per_s"
         row["rate_key"] = rate_key
         row["unit"] = "samples/s" if row["rows"] > 1 else "req/s"
-        row["ratio_vs_noop"] = report.ratio(row["aeguard"][rate_key], row["noop"][rate_key])
+        # Each aeguard round ran next to a no-op round: the median of those paired ratios is steadier
+        # under outside load than the ratio of the two medians.
+        row["ratio_vs_noop"] = report.median_ratio(row["aeguard"]["rounds"], row["noop"]["rounds"])
         row["ratio_vs_in_process"] = report.ratio(row["aeguard"][rate_key], row["in_process"][rate_key])
     print()
     print(report.format_table(rows))
     verdict = _target(rows)
     print(verdict["line"])
     print(
-        "notes: ratios are aeguard / baseline on the rate column. srv CPU us/req = server process CPU time "
-        "per request (less sensitive to outside load than rates). cores = CPU seconds per second of the "
-        "aeguard server process and of all client processes together in aeguard's window. Client and "
-        f"server share the {cores} cores, so the load generator's CPU is taken from both servers alike. "
-        "In-process runs min(in-flight, cores) threads."
+        "notes: rates and latencies are the median round's. ae/no-op = median over rounds of aeguard's "
+        "rate / the no-op rate of the same round; ae/in-proc = ratio of the medians.\n"
+        "srv CPU us/req = server process CPU time per request (less sensitive to outside load than rates). "
+        "cores = CPU seconds per second\nof the aeguard server process and of all client processes together "
+        f"in aeguard's window. Client and server share the {cores} cores, so the load generator's\nCPU is "
+        "taken from both servers alike. In-process runs min(in-flight, cores) threads."
     )
     return {
         "model": {
