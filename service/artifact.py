@@ -21,9 +21,11 @@ METADATA_KEY = "aeguard"
 SCHEMA_VERSION = 1
 
 INPUT_NAME = "x"
-#: Mean squared reconstruction error per sample, in scaled space. Higher = more anomalous.
+#: Mean of ``feature_errors`` per sample: the squared reconstruction error in scaled space, by
+#: default whitened by the residual covariance of normal rows (a Mahalanobis distance / d, about 1
+#: on normal data; ``architecture.score`` says which). Higher = more anomalous.
 OUTPUT_SCORE = "score"
-#: Squared reconstruction error per sample and feature, in scaled space.
+#: Per sample and feature: the squared (whitened) residual, so each feature's share of the score.
 OUTPUT_FEATURE_ERRORS = "feature_errors"
 #: The encoder's codings, ``[batch, coding_size]``.
 OUTPUT_CODES = "codes"
