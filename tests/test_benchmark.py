@@ -129,3 +129,27 @@ def test_aeguard_detector_is_scored_through_its_onnx_file(npz_dir: Path, tmp_pat
     assert row["error"] == ""
     assert float(row["roc_auc"]) > 0.95
     assert float(row["fit_cpu_s"]) > 0
+
+
+def test_summary_rows_have_one_cell_per_column(npz_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.md"
+    assert (
+        main(
+            [
+                "benchmark",
+                str(npz_dir),
+                "--out",
+                str(out),
+                "--detectors",
+                "ecod",
+                "--seeds",
+                "0",
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    table = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    header, row = table[0], next(line for line in table if line.startswith("| ecod |"))
+    assert header.count("|") == row.count("|")
