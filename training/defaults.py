@@ -11,7 +11,9 @@ DEFAULT_THRESHOLDS: tuple[str, ...] = ("warning=q0.99", "critical=q0.999")
 MAX_EPOCHS = 200
 PATIENCE = 10
 BATCH_SIZE = 256
-LEARNING_RATE = 1e-3
+#: Adam's learning rate. 1e-2 matched 3e-3 and beat 1e-3 on the ADBench means (0.919 / 0.919 / 0.916,
+#: whitened scores) and stops earliest, so it also fits fastest (README "Detection quality").
+LEARNING_RATE = 1e-2
 WEIGHT_DECAY = 0.0
 SEED = 0
 #: Hidden-layer activation ("relu", "elu", "tanh", "gelu"); the coding and output layers are linear.
