@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/aeguard/v1/aeguard.proto
 STUBS := service/rpc/api/aeguard_pb2.py
 
-.PHONY: install proto run test test-fast lint bench quality clean node-deps
+.PHONY: install proto run test test-fast lint bench quality clean node-deps system-deps
 
 install: $(STAMP) $(STUBS)
 
@@ -40,12 +40,25 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
+# Debian packages the system tests run for real: Prometheus (with promtool) and the Pushgateway.
+# Installed when missing and we are root (as on CI); otherwise the command to run is printed.
+SYSTEM_TOOLS := prometheus promtool prometheus-pushgateway
+
+system-deps:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	      prometheus prometheus-pushgateway; \
+	  else echo "missing: $$missing; run: sudo apt-get install prometheus prometheus-pushgateway" >&2; exit 1; fi; \
+	fi
+
 # The whole suite, slow tiers included (CI runs exactly this).
-test: install $(NODE_STAMP)
+test: install $(NODE_STAMP) system-deps
 	$(PY) -m pytest -q
 
 # Unit and integration tiers only.
-test-fast: install $(NODE_STAMP)
+test-fast: install $(NODE_STAMP) system-deps
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
