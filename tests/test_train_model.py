@@ -144,6 +144,7 @@ def test_parity_check_catches_a_graph_that_disagrees():
     batch = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
     report = check_parity(graph, proto, batch)
     assert report["parity_max_abs_diff"] < 1e-5 and report["parity_rows"] == 16
+    assert 0 <= report["parity_worst_fraction_of_tolerance"] < 1
     with torch.no_grad():
         graph.autoencoder.encoder_weight(0).add_(0.1)  # torch changes, the exported graph does not
     with pytest.raises(ExportError, match="disagree"):

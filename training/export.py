@@ -110,6 +110,8 @@ def check_parity(graph: ScoringGraph, model: onnx.ModelProto, batch: np.ndarray)
         "parity_max_abs_diff": max(per_output.values()),
         "parity_max_abs_diff_per_output": per_output,
         "parity_tolerance": {"atol": defaults.PARITY_ATOL, "rtol": defaults.PARITY_RTOL},
+        # max over every output value of |diff| / (atol + rtol*|torch|): the export fails above 1.
+        "parity_worst_fraction_of_tolerance": worst_excess,
         "parity_rows": int(x.shape[0]),
     }
     if worst_excess > 1.0:

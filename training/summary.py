@@ -95,7 +95,8 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             (
                 "parity",
                 f"max |torch - onnxruntime| {exp['parity_max_abs_diff']:.2g} on {exp['parity_rows']} rows "
-                f"(tolerance {tol['atol']:g} + {tol['rtol']:g}*|torch|)",
+                f"(tolerance {tol['atol']:g} + {tol['rtol']:g}*|torch|; worst value at "
+                f"{exp.get('parity_worst_fraction_of_tolerance', float('nan')):.0%} of it)",
             )
         )
     if report_index is not None:
