@@ -147,7 +147,7 @@ class AutoencoderDetector:
         return check_rows(np.asarray(X), self.metadata_)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Anomaly scores (mean squared reconstruction error); higher = more anomalous."""
+        """Anomaly scores: the artifact's ``score`` (reconstruction error); higher = more anomalous."""
         from training.api import graph_scores
 
         x = self._check(X)

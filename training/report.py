@@ -97,7 +97,7 @@ def plot_score_histogram(result: TrainResult, path: Path) -> str:
         param = "" if t.param is None else f" {t.param:g}"
         ax.axvline(t.value, color=color, lw=2, ls="--", label=f"{t.name} = {t.value:.3g} ({t.method}{param})")
     ax.set_xscale("log")
-    ax.set_xlabel("score (mean squared reconstruction error, log scale)")
+    ax.set_xlabel("anomaly score (reconstruction error, log scale; higher = more anomalous)")
     ax.set_ylabel("rows")
     ax.set_title("Held-out scores: rows right of a dashed line are flagged at that level")
     ax.legend(fontsize=9)
