@@ -26,7 +26,7 @@ from service.errors import InvalidInputError
 from training import calibrate, defaults
 from training.data import check_matrix
 from training.evaluate import detection_metrics, identity_check
-from training.export import check_parity, to_onnx, write_model
+from training.export import EXPORTER, check_parity, to_onnx, write_model
 from training.fit import EpochCallback, FitConfig, FitResult, fit_autoencoder
 from training.model import ScoringGraph
 from training.splits import Splits, make_splits
@@ -363,7 +363,7 @@ def export_model(result: TrainResult, out_path: str | Path) -> Path:
     export_info = check_parity(
         result.graph, model_proto, _parity_batch(result.x, result.splits, result.fit_seed)
     )
-    export_info["exporter"] = "torch.onnx.export(dynamo=True)"
+    export_info["exporter"] = EXPORTER
     export_info["opset"] = int(next((o.version for o in model_proto.opset_import if o.domain == ""), 0))
     export_info["export_s"] = round(time.perf_counter() - started, 3)
     result.metadata = replace(result.metadata, export=export_info)

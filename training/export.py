@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -28,49 +29,38 @@ class ExportError(AeguardError):
     """The exported graph disagrees with torch beyond the tolerance; nothing is written."""
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    """Silence the exporter's chatter (optional torchvision ops, deprecations) for a clean CLI."""
-    # The exporter warns about optional torchvision ops; onnxscript's optimiser logs every pass.
-    quiet = {
-        "torch.onnx": logging.ERROR,
-        "torch.onnx._internal.exporter._registration": logging.ERROR,
-        "onnxscript": logging.WARNING,
-        "onnx_ir": logging.WARNING,
-    }
-    noisy = [logging.getLogger(n) for n in quiet]
-    levels = [lg.level for lg in noisy]
-    for lg, level in zip(noisy, quiet.values(), strict=True):
-        lg.setLevel(max(lg.getEffectiveLevel(), level))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(noisy, levels, strict=True):
-            lg.setLevel(level)
+#: ONNX opset of the exported graph (Gemm, Elu, MatMul, Pow, ReduceMean: every runtime since 2022 has it).
+OPSET = 18
+#: What :func:`to_onnx` uses, recorded in the artifact's export section.
+EXPORTER = f"torch.onnx.export(dynamo=False, opset_version={OPSET})"
 
 
 def to_onnx(graph: ScoringGraph, n_features: int) -> onnx.ModelProto:
-    """Trace ``graph`` with the dynamo exporter into an in-memory model with a dynamic batch axis."""
+    """Trace ``graph`` into an in-memory ONNX model with a dynamic batch axis.
+
+    The TorchScript exporter (``dynamo=False``): the graph is a fixed chain of dense layers, which
+    tracing captures exactly, and it exports in about 0.01 CPU s where the dynamo exporter spent
+    about 0.9 CPU s building its op registry, half of a whole fit on small data sets. The parity
+    check (:func:`check_parity`) proves every export either way.
+    """
     graph.eval()
     example = torch.zeros(2, n_features, dtype=torch.float32)
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
+    names = [artifact.INPUT_NAME, *artifact.OUTPUT_NAMES]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch warns that the TorchScript exporter is deprecated in favour of dynamo (see above).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
             graph,
             (example,),
-            None,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter also writes to file objects
             input_names=[artifact.INPUT_NAME],
             output_names=list(artifact.OUTPUT_NAMES),
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            external_data=False,
-            verbose=False,
+            dynamic_axes={name: {0: "batch"} for name in names},
+            opset_version=OPSET,
+            dynamo=False,
         )
-        if program is None:  # pragma: no cover - only when dynamo=False
-            raise ExportError("torch.onnx.export returned no program")
-        program.optimize()
-    return program.model_proto
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def check_parity(graph: ScoringGraph, model: onnx.ModelProto, batch: np.ndarray) -> dict[str, Any]:
