@@ -27,7 +27,7 @@ from training import calibrate, defaults
 from training.data import check_matrix
 from training.evaluate import detection_metrics, identity_check
 from training.export import EXPORTER, check_parity, to_onnx, write_model
-from training.fit import EpochCallback, FitConfig, FitResult, fit_autoencoder
+from training.fit import EpochCallback, FitConfig, FitResult, fit_ensemble
 from training.model import ScoringGraph
 from training.splits import Splits, make_splits
 
@@ -117,6 +117,12 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
                 f"{msg}; choose --coding-size < {n_features} or pass --allow-overcomplete"
             )
         log.warning("%s (allowed by --allow-overcomplete)", msg)
+    unknown = [a for a in config.activation.split(",") if a.strip() not in defaults.ACTIVATION_NAMES]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown activation(s) {', '.join(repr(a) for a in unknown)} in {config.activation!r}; "
+            f"choose from {', '.join(defaults.ACTIVATION_NAMES)}, comma-separated for an ensemble"
+        )
     if config.denoise_sigma < 0:
         raise InvalidInputError(f"denoise sigma must be >= 0, got {config.denoise_sigma}")
     return replace(config, hidden=hidden, coding_size=k)
@@ -230,12 +236,20 @@ def train_model(
         rng = np.random.default_rng(config.seed)
         train_rows = np.sort(rng.choice(train_rows, defaults.MAX_TRAIN_ROWS, replace=False))
         log.info("training on a seeded subsample of %d of %d rows", len(train_rows), len(splits.train))
-    fitted = fit_autoencoder(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
+    member_fits = fit_ensemble(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
+    fitted = member_fits[0]
     if on_fit_end is not None:
         on_fit_end(fitted)
-    whitening = None if fitted.error_whitening is None else torch.from_numpy(fitted.error_whitening)
+    whitening = None
+    if fitted.error_whitening is not None:
+        whitening = [
+            torch.from_numpy(f.error_whitening) for f in member_fits if f.error_whitening is not None
+        ]
     graph = ScoringGraph(
-        fitted.model, torch.from_numpy(fitted.mean), torch.from_numpy(fitted.scale), whitening
+        [f.model for f in member_fits],
+        torch.from_numpy(fitted.mean),
+        torch.from_numpy(fitted.scale),
+        whitening,
     ).eval()
     scores = graph_scores(graph, x)
 
@@ -286,15 +300,17 @@ def train_model(
             "activation": config.activation,
             "tied_weights": config.tied_weights,
             "denoise_sigma": config.denoise_sigma,
-            "weight_count": fitted.model.weight_count(),
-            "parameter_count": sum(p.numel() for p in fitted.model.parameters()),
+            "members": len(member_fits),
+            "weight_count": sum(f.model.weight_count() for f in member_fits),
+            "parameter_count": sum(p.numel() for f in member_fits for p in f.model.parameters()),
             "scaler": "standard (mean / std; constant columns scaled by 1)",
             "score": (
                 "mean of squared ZCA-whitened residuals (Mahalanobis distance / d; Ledoit-Wolf covariance "
                 "of training and validation residuals)"
                 if fitted.error_whitening is not None
                 else "mean squared error in scaled space"
-            ),
+            )
+            + (f", averaged over {len(member_fits)} networks" if len(member_fits) > 1 else ""),
             "undercomplete": bool((config.coding_size or 0) < d),
         },
         training={
@@ -315,6 +331,7 @@ def train_model(
                 "max_steps": config.max_steps,
             },
             "epochs_run": len(fitted.train_loss),
+            "member_epochs_run": [len(f.train_loss) for f in member_fits],
             "best_epoch": fitted.best_epoch,
             "stopped_early": fitted.stopped_early,
             "train_loss": fitted.train_loss[fitted.best_epoch - 1],

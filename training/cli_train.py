@@ -58,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--activation",
         default=defaults.ACTIVATION,
-        choices=["relu", "elu", "tanh", "gelu"],
-        help="hidden layers",
+        metavar="NAME[,NAME...]",
+        help="hidden layers: relu, elu, tanh or gelu; a comma-separated list trains one network per "
+        f"entry and averages their scores in the one model (default: {defaults.ACTIVATION})",
     )
     g = parser.add_argument_group("optimisation")
     g.add_argument("--max-epochs", type=int, default=defaults.MAX_EPOCHS)
@@ -100,6 +101,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{flag} must be >= {low}, got {value}")
     if not args.lr > 0:
         raise InvalidInputError(f"--lr must be > 0, got {args.lr}")
+    unknown = [a for a in args.activation.split(",") if a.strip() not in defaults.ACTIVATION_NAMES]
+    if unknown:
+        raise InvalidInputError(
+            f"--activation: unknown {', '.join(repr(a) for a in unknown)}; choose from "
+            f"{', '.join(defaults.ACTIVATION_NAMES)} (comma-separated for an ensemble)"
+        )
     if args.denoise < 0:
         raise InvalidInputError(f"--denoise must be >= 0, got {args.denoise}")
 
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         name = args.name or Path(args.data).stem
     # torch loads only now, so bad input is refused in a fraction of a second.
     from training.api import TrainOptions, train_model
-    from training.fit import FitConfig
+    from training.fit import FitConfig, member_configs
     from training.progress import EpochProgress
     from training.summary import format_summary
 
@@ -156,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
         allow_overcomplete=args.allow_overcomplete,
         source=data.source,
     )
-    with EpochProgress(args.max_epochs, enabled=not args.no_progress) as progress:
+    members = len(member_configs(options.fit))
+    with EpochProgress(args.max_epochs * members, enabled=not args.no_progress) as progress:
         result = train_model(
             data.x,
             data.feature_names,

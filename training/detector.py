@@ -32,6 +32,9 @@ class AutoencoderDetector:
         Decoder weights = encoder weights transposed.
     denoise : float
         Gaussian input-noise sigma while training.
+    activation : str
+        Hidden-layer activation; a comma-separated list (``"elu,tanh"``) fits one network per
+        entry and averages their scores.
     max_epochs, patience, batch_size : int
         Optimisation settings.
     lr : float
@@ -59,6 +62,7 @@ class AutoencoderDetector:
         *,
         tied_weights: bool = False,
         denoise: float = 0.0,
+        activation: str = defaults.ACTIVATION,
         max_epochs: int = defaults.MAX_EPOCHS,
         patience: int = defaults.PATIENCE,
         batch_size: int = defaults.BATCH_SIZE,
@@ -71,6 +75,7 @@ class AutoencoderDetector:
         self.threshold = threshold
         self.tied_weights = tied_weights
         self.denoise = denoise
+        self.activation = activation
         self.max_epochs = max_epochs
         self.patience = patience
         self.batch_size = batch_size
@@ -86,6 +91,7 @@ class AutoencoderDetector:
             "threshold",
             "tied_weights",
             "denoise",
+            "activation",
             "max_epochs",
             "patience",
             "batch_size",
@@ -122,6 +128,7 @@ class AutoencoderDetector:
                 coding_size=self.coding_size,
                 tied_weights=self.tied_weights,
                 denoise_sigma=self.denoise,
+                activation=self.activation,
                 max_epochs=self.max_epochs,
                 patience=self.patience,
                 batch_size=self.batch_size,

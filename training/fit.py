@@ -6,7 +6,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -46,7 +46,9 @@ class FitConfig:
     weight_decay : float
         Adam weight decay.
     activation : str
-        Hidden-layer activation.
+        Hidden-layer activation (``relu``, ``elu``, ``tanh``, ``gelu``). A comma-separated list
+        (``"elu,tanh"``) fits one network per entry on the same rows, an ensemble whose scores
+        are averaged in the one scoring graph (see :func:`fit_ensemble`).
     whiten_errors : bool
         Score the residual's Mahalanobis distance instead of its plain squared error (see
         :func:`error_whitening`).
@@ -237,3 +239,53 @@ def fit_autoencoder(
         )
     log.debug("best epoch %s of %s, validation loss %.6g", result.best_epoch, len(result.train_loss), best)
     return result
+
+
+def member_configs(config: FitConfig) -> list[FitConfig]:
+    """One config per ensemble member: member ``i`` gets the ``i``-th activation and seed ``seed + i``."""
+    names = [a.strip() for a in config.activation.split(",") if a.strip()]
+    if not names:
+        raise ValueError(f"no activation in {config.activation!r}")
+    return [replace(config, activation=a, seed=config.seed + i) for i, a in enumerate(names)]
+
+
+def fit_ensemble(
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    config: FitConfig,
+    *,
+    on_epoch: EpochCallback | None = None,
+) -> list[FitResult]:
+    """Fit every member of :func:`member_configs` on the same rows, one after the other.
+
+    Parameters
+    ----------
+    x_train, x_val : numpy.ndarray
+        Raw rows ``[n, d]``; every member fits the same scaler on ``x_train``.
+    config : FitConfig
+        Resolved hyper-parameters (see :func:`fit_autoencoder`).
+    on_epoch : callable, optional
+        Progress hook; epochs count on across members (member 2's first epoch follows member 1's
+        last), so one bar of ``max_epochs * members`` covers the whole fit.
+
+    Returns
+    -------
+    list of FitResult
+        One per member, in order; the first member's codings are the model's ``codes``.
+    """
+    fits: list[FitResult] = []
+    done = 0
+    for member in member_configs(config):
+        hook = None
+        if on_epoch is not None:
+            hook = _offset_hook(on_epoch, done)
+        fits.append(fit_autoencoder(x_train, x_val, member, on_epoch=hook))
+        done += len(fits[-1].train_loss)
+    return fits
+
+
+def _offset_hook(on_epoch: EpochCallback, offset: int) -> EpochCallback:
+    def hook(epoch: int, train_loss: float, validation_loss: float, best_epoch: int) -> None:
+        on_epoch(offset + epoch, train_loss, validation_loss, offset + best_epoch)
+
+    return hook

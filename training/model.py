@@ -8,7 +8,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
+#: Hidden-layer activations by name.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "elu": nn.ELU,
     "tanh": nn.Tanh,
@@ -51,13 +52,13 @@ class Autoencoder(nn.Module):
         activation: str = "elu",
     ) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         sizes = layer_sizes(n_features, hidden, coding_size)
         self.sizes = sizes
         self.tied_weights = tied_weights
         self.activation_name = activation
-        self.act = _ACTIVATIONS[activation]()
+        self.act = ACTIVATIONS[activation]()
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
         rev = sizes[::-1]
         if tied_weights:
@@ -109,17 +110,24 @@ class ScoringGraph(nn.Module):
 
     Parameters
     ----------
-    autoencoder : Autoencoder
-        The fitted network (works in scaled space).
+    autoencoders : Autoencoder or sequence of Autoencoder
+        The fitted network, or the members of an ensemble fitted on the same rows (all work in
+        the same scaled space).
     mean, scale : torch.Tensor
         Per-feature standardisation: ``z = (x - mean) / scale``; ``scale`` is never 0.
-    error_whitening : torch.Tensor, optional
-        Symmetric ``[d, d]`` matrix ``W`` applied to the residual ``r = rec - z`` before squaring:
-        ``feature_errors = (r @ W) ** 2``. With ``W`` the inverse square root of the residual
-        covariance on normal rows (ZCA whitening, see :func:`training.fit.error_whitening`), the
-        score is the Mahalanobis distance of the residual divided by ``d``, about 1 on normal rows,
-        and each whitened coordinate stays tied to its own feature. ``None`` = identity (plain
-        squared error in scaled space).
+    error_whitening : torch.Tensor or sequence of torch.Tensor, optional
+        One symmetric ``[d, d]`` matrix ``W`` per member, applied to its residual ``r = rec - z``
+        before squaring: ``feature_errors = (r @ W) ** 2``. With ``W`` the inverse square root of
+        the residual covariance on normal rows (ZCA whitening, see
+        :func:`training.fit.error_whitening`), the score is the Mahalanobis distance of the
+        residual divided by ``d``, about 1 on normal rows, and each whitened coordinate stays tied
+        to its own feature. ``None`` = identity (plain squared error in scaled space).
+
+    Notes
+    -----
+    With several members, ``feature_errors`` is the members' mean (so the score is the mean of
+    their scores, each about 1 on normal rows), ``reconstruction`` the mean of their
+    reconstructions, and ``codes`` the first member's codings.
     """
 
     mean: torch.Tensor
@@ -128,25 +136,48 @@ class ScoringGraph(nn.Module):
 
     def __init__(
         self,
-        autoencoder: Autoencoder,
+        autoencoders: Autoencoder | Sequence[Autoencoder],
         mean: torch.Tensor,
         scale: torch.Tensor,
-        error_whitening: torch.Tensor | None = None,
+        error_whitening: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
-        self.autoencoder = autoencoder
+        members = [autoencoders] if isinstance(autoencoders, Autoencoder) else list(autoencoders)
+        if not members:
+            raise ValueError("a scoring graph needs at least one autoencoder")
+        self.members = nn.ModuleList(members)
         self.register_buffer("mean", mean.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
-        whitening = None if error_whitening is None else error_whitening.detach().clone().float()
+        whitening = None
+        if error_whitening is not None:
+            matrices = (
+                [error_whitening] if isinstance(error_whitening, torch.Tensor) else list(error_whitening)
+            )
+            if len(matrices) != len(members):
+                raise ValueError(f"{len(matrices)} whitening matrices for {len(members)} autoencoders")
+            whitening = torch.stack([w.detach().clone().float() for w in matrices])  # [members, d, d]
         self.register_buffer("error_whitening", whitening)
+
+    @property
+    def autoencoder(self) -> Autoencoder:
+        """The first (or only) member: its codings are the graph's ``codes``."""
+        first = self.members[0]
+        assert isinstance(first, Autoencoder)
+        return first
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         z = (x - self.mean) / self.scale
         codes = self.autoencoder.encode(z)
-        rec = self.autoencoder.decode(codes)
-        residual = rec - z
-        if self.error_whitening is not None:
-            residual = residual @ self.error_whitening
-        feature_errors = residual**2
+        errors, recs = [], []
+        for i, member in enumerate(self.members):
+            assert isinstance(member, Autoencoder)
+            rec = member.decode(codes if i == 0 else member.encode(z))
+            residual = rec - z
+            if self.error_whitening is not None:
+                residual = residual @ self.error_whitening[i]
+            errors.append(residual**2)
+            recs.append(rec)
+        feature_errors = errors[0] if len(errors) == 1 else torch.stack(errors).mean(dim=0)
+        rec = recs[0] if len(recs) == 1 else torch.stack(recs).mean(dim=0)
         score = feature_errors.mean(dim=1)
         return score, feature_errors, codes, rec * self.scale + self.mean
