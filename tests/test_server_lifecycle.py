@@ -94,7 +94,9 @@ def test_in_flight_stream_is_drained_within_the_grace_period(tiny_model_path):
             try:
                 stub.Score(_request(), timeout=5)
             except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                # Refused: UNAVAILABLE once the listener is gone (GOAWAY), or CANCELLED for a call
+                # that reached grpcio just as it began to stop (seen about 1 run in 5).
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 break
             threading.Event().wait(0.05)
         else:
