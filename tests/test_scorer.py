@@ -37,6 +37,14 @@ def test_severity_and_normalized_score_follow_thresholds(scorer: Scorer) -> None
     assert batch.is_anomaly.tolist() == [False, False, True, True, True]
     np.testing.assert_allclose(batch.normalized_score, scores / warning, rtol=1e-6)
     assert batch.normalized_score[2] == pytest.approx(1.0)
+    # The levels match a binary search over the thresholds, a NaN score (a broken model) included:
+    # it counts as above every threshold rather than passing silently as normal.
+    odd = np.array([np.nan, np.inf, warning, np.nextafter(np.float32(warning), np.float32(0))], np.float32)
+    thresholds = [t.value for t in scorer.metadata.thresholds]
+    expected = np.searchsorted(thresholds, odd.astype(np.float64), side="right")
+    levels = scorer.classify(odd).severity_level.tolist()
+    assert levels == expected.tolist()
+    assert levels[:2] == [2, 2]
 
 
 def test_score_equals_mean_of_feature_errors(scorer: Scorer, tiny_dataset) -> None:
