@@ -46,8 +46,10 @@ class ServerConfig:
     """Widest model (features) the message-size limit is sized for."""
     max_message_bytes: int = 0
     """gRPC message-size limit in bytes; 0 = sized to fit max_batch_rows x max_features float32 values."""
-    workers: int = 16
-    """Threads handling RPCs (grpcio's ThreadPoolExecutor)."""
+    workers: int = 4
+    """Threads handling RPCs (grpcio's ThreadPoolExecutor). Each open ScoreStream holds one for its
+    whole life. Few threads serve batch-1 calls fastest: they all take turns on one GIL, and every
+    extra runnable thread adds hand-offs (README "Benchmarks": 4 threads ~1.25x the rate of 16)."""
     max_concurrent_rpcs: int = 0
     """RPCs accepted at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit."""
     micro_batch_rows: int = 0
