@@ -6,6 +6,7 @@ No sockets, no servicer context: unit-tested directly. Width and NaN/Inf checks 
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -126,13 +127,12 @@ def _wire_layout_matches() -> bool:
 _WIRE_LAYOUT_OK = _wire_layout_matches()
 
 
-def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | None:
-    """``ScoreResponse.results`` in protobuf wire format, built with numpy; ``None`` if not applicable.
+@functools.lru_cache(maxsize=64)
+def _result_templates(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per severity level, one encoded plain result (zeros where the floats go), padded to one width.
 
-    Building thousands of SampleResult objects one by one dominates the cost of large batches;
-    each plain result has one of a few fixed layouts (one per severity), so all of them can be
-    written at once and parsed back by upb in C. Layout of one result (field 3 of ScoreResponse):
-    ``1A len | 0D score(f32) | 15 normalized_score(f32) | [18 01 is_anomaly] | 22 len severity``.
+    Returns ``(table, valid)``: ``table[level]`` holds the level's bytes, ``valid[level]`` marks
+    which of them are real (the rest is padding). ``None`` if a name is too long for the layout.
     """
     encoded = [name.encode() for name in names]
     if any(len(e) > 100 for e in encoded):  # lengths must stay one-byte varints
@@ -141,22 +141,36 @@ def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | No
     for level, name in enumerate(encoded):
         payload = b"\x0d" + b"\0" * 4 + b"\x15" + b"\0" * 4 + (b"\x18\x01" if level else b"")
         payload += b"\x22" + bytes([len(name)]) + name
-        templates.append(np.frombuffer(b"\x1a" + bytes([len(payload)]) + payload, dtype=np.uint8))
-    lengths = np.array([len(t) for t in templates])
-    first = np.cumsum(lengths) - lengths  # where each template starts in `pool`
-    pool = np.concatenate(templates)
+        templates.append(b"\x1a" + bytes([len(payload)]) + payload)
+    width = max(len(t) for t in templates)
+    table = np.zeros((len(templates), width), dtype=np.uint8)
+    valid = np.zeros((len(templates), width), dtype=bool)
+    for level, t in enumerate(templates):
+        table[level, : len(t)] = np.frombuffer(t, dtype=np.uint8)
+        valid[level, : len(t)] = True
+    table.flags.writeable = valid.flags.writeable = False  # shared between calls
+    return table, valid
+
+
+def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | None:
+    """``ScoreResponse.results`` in protobuf wire format, built with numpy; ``None`` if not applicable.
+
+    Building thousands of SampleResult objects one by one dominates the cost of large batches;
+    each plain result has one of a few fixed layouts (one per severity), so all of them can be
+    written at once and parsed back by upb in C. Layout of one result (field 3 of ScoreResponse):
+    ``1A len | 0D score(f32) | 15 normalized_score(f32) | [18 01 is_anomaly] | 22 len severity``.
+    The floats sit at the same offsets (3 and 8) in every layout: each row starts as its level's
+    padded template, the floats are written in, and the padding is dropped in one pass.
+    """
+    templates = _result_templates(names)
+    if templates is None:
+        return None
+    table, valid = templates
     levels = batch.severity_level
-    row_len = lengths[levels]
-    starts = np.cumsum(row_len) - row_len  # where each result starts in the output
-    total = int(row_len.sum())
-    # Output byte j of row i is byte (j - starts[i]) of that row's template.
-    out = pool[np.repeat(first[levels] - starts, row_len) + np.arange(total)]
-    four = np.arange(4)
-    score = np.ascontiguousarray(batch.score, dtype="<f4").view(np.uint8).reshape(-1, 4)
-    normalized = np.ascontiguousarray(batch.normalized_score, dtype="<f4").view(np.uint8).reshape(-1, 4)
-    out[starts[:, None] + 3 + four] = score
-    out[starts[:, None] + 8 + four] = normalized
-    return out.tobytes()
+    rows = table[levels]  # [n, width], a copy
+    rows[:, 3:7] = np.ascontiguousarray(batch.score, dtype="<f4").view(np.uint8).reshape(-1, 4)
+    rows[:, 8:12] = np.ascontiguousarray(batch.normalized_score, dtype="<f4").view(np.uint8).reshape(-1, 4)
+    return rows[valid[levels]].tobytes()  # row-major: each row's real bytes, in order
 
 
 def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch) -> pb.ScoreResponse:
