@@ -133,6 +133,11 @@ class Metrics:
         self.rpc_in_flight = Gauge(
             "aeguard_rpc_in_flight", "RPCs being handled now.", ["method"], registry=registry
         )
+        self.rpc_threads = Gauge(
+            "aeguard_rpc_threads",
+            "RPC threads (--workers); each in-flight RPC, an open stream included, holds one.",
+            registry=registry,
+        )
         self.samples_scored = Counter("aeguard_samples_scored", "Samples scored.", mv, registry=registry)
         self.anomalies = Counter(
             "aeguard_anomalies",

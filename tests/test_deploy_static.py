@@ -51,6 +51,7 @@ AGREED_METRICS = {
     "aeguard_rpc_requests_total",
     "aeguard_rpc_duration_seconds",
     "aeguard_rpc_in_flight",
+    "aeguard_rpc_threads",
     "aeguard_samples_scored_total",
     "aeguard_anomalies_total",
     "aeguard_normalized_score",

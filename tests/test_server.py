@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import urllib.request
 from collections.abc import Iterator
 
@@ -362,6 +363,23 @@ def test_metrics_move_by_the_right_amounts(stub, server, tiny_dataset):
         assert value(after, "aeguard_model_threshold", **labels, threshold=t.name) == pytest.approx(t.value)
     assert value(after, "aeguard_model_load_duration_seconds", model_name="tiny") > 0
     assert ("aeguard_model_load_failures_total", ()) in after
+
+
+def test_an_open_stream_holds_an_rpc_thread(stub, server, tiny_dataset):
+    # What AeguardRpcThreadsExhausted compares: in-flight RPCs (open streams count for their whole
+    # life) against the RPC threads.
+    outbox: queue.Queue[pb.ScoreRequest | None] = queue.Queue()
+    call = stub.ScoreStream(iter(outbox.get, None), timeout=30)
+    try:
+        outbox.put(raw_request(tiny_dataset.X[:2]))
+        assert len(next(call).results) == 2
+        during = scrape(server.metrics_port)
+        assert value(during, "aeguard_rpc_in_flight", method="ScoreStream") == 1
+        assert value(during, "aeguard_rpc_threads") == 4  # this module's ServerConfig(workers=4)
+    finally:
+        outbox.put(None)
+    assert list(call) == []
+    assert value(scrape(server.metrics_port), "aeguard_rpc_in_flight", method="ScoreStream") == 0
 
 
 def test_drift_gauge_rises_when_scores_drift(stub, server, tiny_dataset):

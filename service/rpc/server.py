@@ -90,6 +90,7 @@ def build_server(config: ServerConfig, store: ModelStore, metrics: Metrics | Non
         store.add_listener(metrics)
         for model in store.models():
             metrics.model_loaded(model)
+    metrics.rpc_threads.set(config.workers)
     limit = config.message_limit_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aeguard-rpc"),
