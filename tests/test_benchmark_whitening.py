@@ -36,7 +36,7 @@ def test_whitened_score_is_about_one_on_normal_rows_and_large_off_the_pattern() 
     latent = rng.normal(size=(3000, 2))
     x = np.hstack([latent, latent @ np.array([[1.0, 0.5], [0.3, -1.0]]), 0.1 * rng.normal(size=(3000, 2))])
     x = x.astype(np.float32)
-    config = FitConfig(hidden=[16], coding_size=2, max_epochs=40, seed=0)
+    config = FitConfig(hidden=[16], coding_size=2, max_epochs=40, seed=0, activation="elu")
     fitted = fit_autoencoder(x[:2000], x[2000:2500], config)
     assert fitted.error_whitening is not None and fitted.error_whitening.shape == (6, 6)
     graph = ScoringGraph(
@@ -59,7 +59,9 @@ def test_whitened_score_is_about_one_on_normal_rows_and_large_off_the_pattern() 
 def test_plain_squared_error_when_whitening_is_off() -> None:
     x = np.random.default_rng(3).normal(size=(300, 5)).astype(np.float32)
     fitted = fit_autoencoder(
-        x[:200], x[200:], FitConfig(hidden=[8], coding_size=2, max_epochs=3, whiten_errors=False)
+        x[:200],
+        x[200:],
+        FitConfig(hidden=[8], coding_size=2, max_epochs=3, whiten_errors=False, activation="elu"),
     )
     assert fitted.error_whitening is None
     graph = ScoringGraph(Autoencoder(5, [8], 2), torch.zeros(5), torch.ones(5)).eval()
@@ -73,7 +75,14 @@ def test_plain_squared_error_when_whitening_is_off() -> None:
 def test_step_budget_ends_training_of_large_sets_early() -> None:
     x = np.random.default_rng(4).normal(size=(2600, 4)).astype(np.float32)
     config = FitConfig(
-        hidden=[8], coding_size=2, max_epochs=50, patience=50, min_epochs=1, batch_size=100, max_steps=60
+        hidden=[8],
+        coding_size=2,
+        max_epochs=50,
+        patience=50,
+        min_epochs=1,
+        batch_size=100,
+        max_steps=60,
+        activation="elu",
     )
     fitted = fit_autoencoder(x[:2500], x[2500:], config)
     assert len(fitted.train_loss) == 3  # 25 steps an epoch: the budget of 60 ends it after epoch 3

@@ -69,7 +69,8 @@ def test_tied_and_denoising_models_train_and_export(tiny_dataset, tmp_path):
     )
     meta = Scorer.load(result.path).metadata
     assert meta.architecture["tied_weights"] is True and meta.architecture["denoise_sigma"] == 0.1
-    assert meta.architecture["weight_count"] == 8 * 16 + 16 * 2  # encoder only
+    # encoder only, in each network of the default ensemble
+    assert meta.architecture["weight_count"] == meta.architecture["members"] * (8 * 16 + 16 * 2)
     scorer = Scorer.load(result.path)
     np.testing.assert_allclose(scorer.score(tiny_dataset.X).score, result.scores, rtol=1e-4, atol=1e-6)
 

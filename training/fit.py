@@ -183,6 +183,8 @@ def fit_autoencoder(
     """
     if config.hidden is None or config.coding_size is None:
         raise ValueError("resolve hidden and coding_size before fitting")
+    if "," in config.activation:
+        raise ValueError(f"one network, one activation: fit {config.activation!r} with fit_ensemble")
     gen = seed_everything(config.seed)
     mean, scale = fit_scaler(x_train)
     z_train = torch.from_numpy((x_train - mean) / scale).float()
