@@ -35,7 +35,6 @@ EXTRAS = {
     "onnx": "train",
     "sklearn": "train",
     "matplotlib": "train",
-    "onnxscript": "train",
     "pyspark": "spark",
     "pandas": "spark",
     "pyod": "bench",
