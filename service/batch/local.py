@@ -66,14 +66,7 @@ def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, 
     """Score ``config.input_path`` into ``config.output_path`` chunk by chunk, atomically."""
     check_paths(config)
     source = Input(config.input_path)
-    spec = OutputSpec.build(
-        metadata,
-        source.names,
-        id_column=config.id_column,
-        keep_columns=config.keep_columns,
-        top_k=config.top_k,
-        flag_bad_rows=config.on_bad_rows == "flag",
-    )
+    spec = OutputSpec.for_config(metadata, source.names, config)
     schema, batches = source.read(spec.input_columns, list(spec.feature_names), config.chunk_rows)
     out_schema = spec.schema(schema)
     summary = Summary(

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from service import artifact
 from service.artifact import ModelMetadata
+from service.batch.config import BatchConfig
 from service.errors import DataError
 from service.scorer import ScoreBatch
 
@@ -51,6 +52,20 @@ class OutputSpec:
     top_k: int
     flag_bad_rows: bool
     id_column: str | None = None
+
+    @classmethod
+    def for_config(
+        cls, metadata: ModelMetadata, input_names: Sequence[str], config: BatchConfig
+    ) -> OutputSpec:
+        """:meth:`build` with the job's output options (every engine derives its spec this way)."""
+        return cls.build(
+            metadata,
+            input_names,
+            id_column=config.id_column,
+            keep_columns=config.keep_columns,
+            top_k=config.top_k,
+            flag_bad_rows=config.on_bad_rows == "flag",
+        )
 
     @classmethod
     def build(

@@ -147,14 +147,7 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
             frame = reader.csv(config.input_path, header=True, inferSchema=True)
         else:
             frame = reader.parquet(config.input_path)
-        spec = OutputSpec.build(
-            metadata,
-            frame.columns,
-            id_column=config.id_column,
-            keep_columns=config.keep_columns,
-            top_k=config.top_k,
-            flag_bad_rows=config.on_bad_rows == "flag",
-        )
+        spec = OutputSpec.for_config(metadata, frame.columns, config)
         frame = frame.select(*spec.input_columns)
         out_schema = spec.schema(to_arrow_schema(frame.schema))
         spark.sparkContext.addFile(str(Path(config.model_path).resolve()))
