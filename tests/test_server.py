@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import threading
 import urllib.request
 from collections.abc import Iterator
 
@@ -396,27 +397,37 @@ def test_drift_gauge_rises_when_scores_drift(stub, server, tiny_dataset):
 
 
 def test_a_cancelled_stream_is_counted_not_logged_as_an_error(stub, server, caplog):
-    import threading
-
     release = threading.Event()
 
     def requests():
         yield raw_request(np.zeros((1, 8)), request_id="first")
-        release.wait(10)  # hold the stream open until the client has cancelled it
+        release.wait(10)  # hold the stream open until the server has counted the cancellation
 
-    before = scrape(server.metrics_port).get(
-        ("aeguard_rpc_requests_total", (("code", "CANCELLED"), ("method", "ScoreStream"))), 0.0
-    )
+    def finished_streams() -> dict[str, float]:
+        metrics = scrape(server.metrics_port)
+        return {
+            code: value(metrics, "aeguard_rpc_requests_total", method="ScoreStream", code=code)
+            for code in ("CANCELLED", "OK", "INTERNAL", "UNKNOWN")
+        }
+
+    before = finished_streams()
+    moved: dict[str, float] = {}
     with caplog.at_level(logging.ERROR, logger="service.rpc.interceptors"):
         call = stub.ScoreStream(requests())
-        assert next(call).request_id == "first"
-        call.cancel()
-        release.set()
-        key = ("aeguard_rpc_requests_total", (("code", "CANCELLED"), ("method", "ScoreStream")))
-        for _ in range(100):  # the server notices the cancellation asynchronously
-            if scrape(server.metrics_port).get(key, 0.0) == before + 1:
-                break
-            threading.Event().wait(0.05)
-        assert scrape(server.metrics_port).get(key, 0.0) == before + 1
+        try:
+            assert next(call).request_id == "first"
+            call.cancel()
+            for _ in range(100):  # the server notices the cancellation asynchronously
+                now = finished_streams()
+                moved = {code: n - before[code] for code, n in now.items() if n != before[code]}
+                if moved:
+                    break
+                threading.Event().wait(0.05)
+        finally:
+            release.set()
+    # Counted once, as CANCELLED. grpcio can also hand the handler the cancellation as a plain end of
+    # the request stream (it marks the call cancelled a moment later), and the stream then counts as
+    # OK: rarely (about 1 run in 15 here), and never as an error.
+    assert moved in ({"CANCELLED": 1.0}, {"OK": 1.0})
     assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
     assert len(stub.Score(raw_request(np.zeros((1, 8)))).results) == 1
