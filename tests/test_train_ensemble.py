@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from service.cli import main
+from service.errors import InvalidInputError
 from service.scorer import Scorer
 from training import defaults
 from training.api import TrainOptions, train_model
@@ -19,6 +20,48 @@ def test_one_member_per_activation_each_with_its_own_seed() -> None:
     members = member_configs(FitConfig(activation="elu, tanh,elu", seed=4))
     assert [(m.activation, m.seed) for m in members] == [("elu", 4), ("tanh", 5), ("elu", 6)]
     assert member_configs(FitConfig(activation="gelu", seed=1)) == [FitConfig(activation="gelu", seed=1)]
+
+
+def test_member_coding_sizes_and_step_shares_go_to_their_members() -> None:
+    config = FitConfig(
+        activation="tanh,gelu,tanh", coding_size=3, member_coding_sizes=(3, 6, 3), max_steps=3000
+    )
+    members = member_configs(config)
+    assert [(m.activation, m.coding_size, m.member_coding_sizes, m.max_steps) for m in members] == [
+        ("tanh", 3, None, 1000),  # the step budget is the whole fit's, shared equally
+        ("gelu", 6, None, 1000),
+        ("tanh", 3, None, 1000),
+    ]
+    with pytest.raises(ValueError, match="2 member coding sizes for 3 activations"):
+        member_configs(FitConfig(activation="tanh,gelu,tanh", member_coding_sizes=(3, 6)))
+
+
+def test_derived_member_coding_sizes_alternate_k_and_2k_below_d() -> None:
+    assert defaults.member_coding_sizes(12, 2) == (3, 6)  # k = round(sqrt(12)) = 3
+    assert defaults.member_coding_sizes(36, 3) == (6, 12, 6)
+    assert defaults.member_coding_sizes(3, 2) == (2, 2)  # 2k = 4 is capped at d - 1
+    assert defaults.member_coding_sizes(100, 1) == (10,)
+
+
+def test_derived_coding_sizes_differ_by_member_and_an_explicit_one_applies_to_all(tiny_dataset) -> None:
+    def architecture(**fit: object) -> dict:
+        options = TrainOptions(fit=FitConfig(activation="tanh,gelu", max_epochs=3, **fit))  # type: ignore[arg-type]
+        result = train_model(tiny_dataset.X, tiny_dataset.feature_names, None, options=options)
+        codes = result.graph(torch.from_numpy(tiny_dataset.X[:4]))[2]
+        assert codes.shape == (4, result.metadata.coding_size)  # the first member's codings
+        return result.metadata.architecture
+
+    derived = architecture()  # d = 8: k = round(sqrt(8)) = 3
+    assert [sizes[-1] for sizes in derived["member_layer_sizes"]] == [3, 6]
+    assert derived["coding_size"] == 3 and derived["undercomplete"] is True
+    explicit = architecture(coding_size=2)
+    assert [sizes[-1] for sizes in explicit["member_layer_sizes"]] == [2, 2]
+
+
+def test_an_overcomplete_member_is_refused(tiny_dataset) -> None:
+    options = TrainOptions(fit=FitConfig(activation="tanh,gelu", member_coding_sizes=(3, 8)))
+    with pytest.raises(InvalidInputError, match="coding size 8 is not smaller than the 8 input"):
+        train_model(tiny_dataset.X, tiny_dataset.feature_names, None, options=options)
 
 
 def test_the_activation_names_the_cli_accepts_are_the_model_s() -> None:

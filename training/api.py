@@ -94,22 +94,33 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
     n_features : int
         Input width ``d``.
     config : FitConfig
-        Settings where ``hidden`` / ``coding_size`` may be ``None``.
+        Settings where ``hidden`` / ``coding_size`` / ``member_coding_sizes`` may be ``None``.
     allow_overcomplete : bool
         Accept ``coding_size >= d`` with a warning instead of refusing.
 
     Returns
     -------
     FitConfig
-        With ``hidden`` and ``coding_size`` set.
+        With ``hidden`` and ``coding_size`` set, and ``member_coding_sizes`` when the coding size
+        was derived (an explicit ``coding_size`` applies to every member).
     """
-    k = config.coding_size if config.coding_size is not None else defaults.default_coding_size(n_features)
+    n_members = max(1, len([a for a in config.activation.split(",") if a.strip()]))
+    member_sizes = config.member_coding_sizes
+    if member_sizes is None and config.coding_size is None:
+        member_sizes = defaults.member_coding_sizes(n_features, n_members)
+    if member_sizes is not None and config.coding_size not in (None, member_sizes[0]):
+        raise InvalidInputError(
+            f"coding size {config.coding_size} differs from the first member's {member_sizes[0]}; "
+            "give one of them"
+        )
+    k = member_sizes[0] if member_sizes is not None else int(config.coding_size or 0)
     hidden = list(config.hidden) if config.hidden is not None else defaults.default_hidden(n_features)
-    if k < 1 or any(h < 1 for h in hidden):
+    widest = max(member_sizes or (k,))
+    if min(member_sizes or (k,)) < 1 or any(h < 1 for h in hidden):
         raise InvalidInputError(f"layer sizes must be >= 1, got hidden {hidden} and coding size {k}")
-    if k >= n_features:
+    if widest >= n_features:
         msg = (
-            f"coding size {k} is not smaller than the {n_features} input feature(s): an overcomplete "
+            f"coding size {widest} is not smaller than the {n_features} input feature(s): an overcomplete "
             "autoencoder can learn to copy its input and then flags nothing"
         )
         if not allow_overcomplete:
@@ -125,7 +136,11 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
         )
     if config.denoise_sigma < 0:
         raise InvalidInputError(f"denoise sigma must be >= 0, got {config.denoise_sigma}")
-    return replace(config, hidden=hidden, coding_size=k)
+    if member_sizes is not None and len(member_sizes) != n_members:
+        raise InvalidInputError(
+            f"{len(member_sizes)} member coding sizes for {n_members} network(s) in {config.activation!r}"
+        )
+    return replace(config, hidden=hidden, coding_size=k, member_coding_sizes=member_sizes)
 
 
 def fingerprint(x: np.ndarray, feature_names: list[str]) -> str:
@@ -301,6 +316,7 @@ def train_model(
             "tied_weights": config.tied_weights,
             "denoise_sigma": config.denoise_sigma,
             "members": len(member_fits),
+            "member_layer_sizes": [f.model.sizes for f in member_fits],
             "weight_count": sum(f.model.weight_count() for f in member_fits),
             "parameter_count": sum(p.numel() for f in member_fits for p in f.model.parameters()),
             "scaler": "standard (mean / std; constant columns scaled by 1)",
@@ -311,7 +327,7 @@ def train_model(
                 else "mean squared error in scaled space"
             )
             + (f", averaged over {len(member_fits)} networks" if len(member_fits) > 1 else ""),
-            "undercomplete": bool((config.coding_size or 0) < d),
+            "undercomplete": all(f.model.sizes[-1] < d for f in member_fits),
         },
         training={
             "fingerprint_sha256": fp,

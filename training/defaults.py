@@ -19,17 +19,19 @@ SEED = 0
 #: Hidden-layer activations a network can use; the coding and output layers are linear.
 ACTIVATION_NAMES: tuple[str, ...] = ("relu", "elu", "tanh", "gelu")
 #: Hidden-layer activation. A comma-separated list trains one network per entry on the same rows
-#: (seeds ``SEED``, ``SEED + 1``, ...) and averages their scores in the one ONNX graph. Two networks
-#: that differ in activation beat one (ADBench mean ROC-AUC 0.923 for tanh + gelu vs 0.915 elu,
-#: 0.918 tanh or gelu alone) and beat two of the same kind (elu + elu 0.919): their errors differ
-#: more (README "Detection quality").
-ACTIVATION = "tanh,gelu"
+#: (seeds ``SEED``, ``SEED + 1``, ...) and averages their scores in the one ONNX graph. Networks
+#: that differ in activation and coding size err differently, so their average finds more: on the
+#: ADBench means, tanh + gelu 0.923 vs 0.915 for one elu network and 0.919 for two; the same pair
+#: with the gelu network's coding twice as wide (MEMBER_CODING_FACTORS) 0.927; three networks
+#: (tanh k, gelu 2k, tanh k) sharing the same step budget 0.928 (README "Detection quality").
+ACTIVATION = "tanh,gelu,tanh"
 #: torch intra-op threads. Small dense nets run fastest on one thread (measured: a step took
 #: 7 ms on 1 thread vs 19 ms on 2 on a busy 2-core machine), and one thread keeps runs reproducible.
 TORCH_THREADS = 1
-#: Budget of optimiser steps per fit (training ends after the epoch that reaches it): bounds the
-#: fit time of large data sets; small ones still stop on MAX_EPOCHS or early stopping.
-MAX_STEPS = 4000
+#: Budget of optimiser steps per fit, shared equally by an ensemble's members (each member's
+#: training ends after the epoch that reaches its share): bounds the fit time of large data sets;
+#: small ones still stop on MAX_EPOCHS or early stopping. 4 500 = 1 500 per default member.
+MAX_STEPS = 4500
 #: Score the Mahalanobis distance of the reconstruction residual (ZCA-whitened with a Ledoit-Wolf
 #: covariance of normal rows' residuals) rather than the plain squared error. On the 15 ADBench
 #: sets it raised the mean ROC-AUC (docs/quality.md, README "Detection quality").
@@ -76,6 +78,37 @@ def default_coding_size(n_features: int) -> int:
     """
     k = max(1, round(math.sqrt(n_features)))
     return max(1, min(k, n_features - 1))
+
+
+#: Coding widths of an ensemble's members when none is given: ``k``, ``2k``, ``k``, ``2k``, ... (each
+#: below ``d``), with ``k`` from :func:`default_coding_size`. Networks that see the data through
+#: codings of different widths err differently, so their average finds more (see
+#: :func:`member_coding_sizes`).
+MEMBER_CODING_FACTORS: tuple[int, ...] = (1, 2)
+
+
+def member_coding_sizes(n_features: int, n_members: int) -> tuple[int, ...]:
+    """Coding sizes of ``n_members`` ensemble members derived from ``d``.
+
+    Member ``i`` gets ``MEMBER_CODING_FACTORS[i % len] * k``, kept below ``d``, where ``k`` is
+    :func:`default_coding_size`. The first member keeps ``k``: its codings are the model's ``codes``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features ``d``.
+    n_members : int
+        Number of networks in the ensemble.
+
+    Returns
+    -------
+    tuple of int
+        One coding size per member, each in ``[1, max(1, d - 1)]``.
+    """
+    k = default_coding_size(n_features)
+    cap = max(1, n_features - 1)
+    factors = MEMBER_CODING_FACTORS
+    return tuple(max(1, min(cap, factors[i % len(factors)] * k)) for i in range(n_members))
 
 
 def default_hidden(n_features: int) -> list[int]:

@@ -29,7 +29,11 @@ class FitConfig:
     hidden : list of int or None
         Encoder hidden sizes; ``None`` derives them from the number of features.
     coding_size : int or None
-        Coding width; ``None`` derives it from the number of features.
+        Coding width (of the first member, whose codings are the model's ``codes``); ``None``
+        derives it from the number of features.
+    member_coding_sizes : tuple of int or None
+        One coding width per ensemble member; ``None`` = ``coding_size`` for every member. When
+        ``coding_size`` is derived, so are these (see :func:`training.defaults.member_coding_sizes`).
     tied_weights : bool
         Decoder weights are the encoder's, transposed.
     denoise_sigma : float
@@ -37,8 +41,9 @@ class FitConfig:
     max_epochs, patience, min_epochs : int
         Early stopping: stop after ``patience`` epochs without validation improvement.
     max_steps : int or None
-        Budget of optimiser steps: training also ends after the epoch that reaches it (but not
-        before ``min_epochs``), so large data sets train in bounded time. ``None`` = no budget.
+        Budget of optimiser steps of the whole fit: training also ends after the epoch that
+        reaches it (but not before ``min_epochs``), so large data sets train in bounded time. An
+        ensemble's members share it equally (:func:`member_configs`). ``None`` = no budget.
     batch_size : int
         Minibatch size.
     lr : float
@@ -58,6 +63,7 @@ class FitConfig:
 
     hidden: list[int] | None = None
     coding_size: int | None = None
+    member_coding_sizes: tuple[int, ...] | None = None
     tied_weights: bool = False
     denoise_sigma: float = 0.0
     max_epochs: int = defaults.MAX_EPOCHS
@@ -244,11 +250,26 @@ def fit_autoencoder(
 
 
 def member_configs(config: FitConfig) -> list[FitConfig]:
-    """One config per ensemble member: member ``i`` gets the ``i``-th activation and seed ``seed + i``."""
+    """One config per ensemble member: member ``i`` gets the ``i``-th activation, seed ``seed + i``,
+    the ``i``-th of ``member_coding_sizes`` when those are set (else ``coding_size``) and an equal
+    share of ``max_steps``."""
     names = [a.strip() for a in config.activation.split(",") if a.strip()]
     if not names:
         raise ValueError(f"no activation in {config.activation!r}")
-    return [replace(config, activation=a, seed=config.seed + i) for i, a in enumerate(names)]
+    sizes = config.member_coding_sizes
+    if sizes is not None and len(sizes) != len(names):
+        raise ValueError(f"{len(sizes)} member coding sizes for {len(names)} activations")
+    return [
+        replace(
+            config,
+            activation=a,
+            seed=config.seed + i,
+            coding_size=config.coding_size if sizes is None else sizes[i],
+            member_coding_sizes=None,
+            max_steps=None if config.max_steps is None else math.ceil(config.max_steps / len(names)),
+        )
+        for i, a in enumerate(names)
+    ]
 
 
 def fit_ensemble(
