@@ -38,6 +38,8 @@ def test_train_writes_model_summary_and_report(trained, tiny_dataset):
     assert {t.name for t in meta.thresholds} == {"warning", "best"}
     for line in ("model", "split", "thresholds", "ROC-AUC", "identity check", "parity", "report"):
         assert line in stdout
+    # The default ensemble, with the explicit --coding-size 2 applied to every network.
+    assert "3 networks averaged: 8 -> 16 -> 2 -> 16 -> 8 tanh; 8 -> 16 -> 2 -> 16 -> 8 gelu;" in stdout
     for name in (
         "index.html",
         "learning_curves.png",
