@@ -153,3 +153,15 @@ class ModelMetadata:
         dist = self.score_distribution
         if len(dist.probabilities) != len(dist.values) or len(dist.values) < 2:
             raise ModelLoadError(f"{source}: score_distribution needs matching probabilities/values")
+
+
+def describe_networks(architecture: dict[str, Any]) -> str:
+    """``d -> h -> k -> h -> d activation`` for the network, or for each network of an ensemble
+    (their coding sizes may differ), from the metadata's ``architecture``."""
+    sizes = architecture.get("member_layer_sizes") or [architecture.get("layer_sizes", [])]
+    activations = [a.strip() for a in str(architecture.get("activation", "")).split(",")]
+    parts = [
+        " -> ".join(str(n) for n in [*layers, *layers[-2::-1]]) + f" {act}"
+        for layers, act in zip(sizes, activations, strict=False)
+    ]
+    return parts[0] if len(parts) == 1 else f"{len(parts)} networks averaged: " + "; ".join(parts)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from service.artifact import ModelMetadata
+from service.artifact import ModelMetadata, describe_networks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +34,9 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
     ]
     arch = meta.architecture
     if arch:
-        sizes = arch.get("layer_sizes", [])
         lines.append(
-            f"architecture   {' -> '.join(str(s) for s in [*sizes, *sizes[-2::-1]])}  "
-            f"({arch.get('activation')}, tied weights {arch.get('tied_weights')}, "
+            f"architecture   {describe_networks(arch)}  "
+            f"(tied weights {arch.get('tied_weights')}, "
             f"denoise {arch.get('denoise_sigma')}, {arch.get('weight_count')} weights)"
         )
     lines.append("thresholds     (a score >= value is flagged; the lowest decides is_anomaly)")

@@ -60,3 +60,16 @@ def test_inspect_refuses_a_non_model(tmp_path, capsys):
     bogus.write_bytes(b"not a model")
     assert main(["inspect", str(bogus)]) == 2
     assert "aeguard: error:" in capsys.readouterr().err
+
+
+def test_networks_are_described_one_by_one() -> None:
+    one = {"layer_sizes": [8, 16, 2], "activation": "elu"}
+    assert artifact.describe_networks(one) == "8 -> 16 -> 2 -> 16 -> 8 elu"
+    ensemble = {
+        "layer_sizes": [8, 16, 3],
+        "member_layer_sizes": [[8, 16, 3], [8, 16, 6]],
+        "activation": "tanh,gelu",
+    }
+    assert artifact.describe_networks(ensemble) == (
+        "2 networks averaged: 8 -> 16 -> 3 -> 16 -> 8 tanh; 8 -> 16 -> 6 -> 16 -> 8 gelu"
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from service.artifact import describe_networks
 
 if TYPE_CHECKING:
     from training.api import TrainResult
@@ -45,7 +47,7 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
         ),
         (
             "network",
-            _networks(arch) + f" (tied weights {'yes' if arch['tied_weights'] else 'no'}, "
+            describe_networks(arch) + f" (tied weights {'yes' if arch['tied_weights'] else 'no'}, "
             f"denoise {arch['denoise_sigma']:g}, {arch['weight_count']} weights)",
         ),
         (
@@ -102,14 +104,3 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
         rows.append(("report", str(report_index)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _networks(arch: dict[str, Any]) -> str:
-    """``d -> h -> k -> h -> d act``, one per network of an ensemble (their coding sizes may differ)."""
-    sizes = arch.get("member_layer_sizes") or [arch["layer_sizes"]]
-    activations = [a.strip() for a in str(arch["activation"]).split(",")]
-    parts = [
-        " -> ".join(str(n) for n in [*layers, *layers[-2::-1]]) + f" {act}"
-        for layers, act in zip(sizes, activations, strict=False)
-    ]
-    return "; ".join(parts) if len(parts) == 1 else f"{len(parts)} networks averaged: " + "; ".join(parts)
