@@ -104,7 +104,7 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
         With ``hidden`` and ``coding_size`` set, and ``member_coding_sizes`` when the coding size
         was derived (an explicit ``coding_size`` applies to every member).
     """
-    n_members = max(1, len([a for a in config.activation.split(",") if a.strip()]))
+    n_members = max(1, len(defaults.activation_list(config.activation)))
     member_sizes = config.member_coding_sizes
     if member_sizes is None and config.coding_size is None:
         member_sizes = defaults.member_coding_sizes(n_features, n_members)
@@ -115,8 +115,9 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
         )
     k = member_sizes[0] if member_sizes is not None else int(config.coding_size or 0)
     hidden = list(config.hidden) if config.hidden is not None else defaults.default_hidden(n_features)
-    widest = max(member_sizes or (k,))
-    if min(member_sizes or (k,)) < 1 or any(h < 1 for h in hidden):
+    sizes = member_sizes or (k,)
+    widest = max(sizes)
+    if min(sizes) < 1 or any(h < 1 for h in hidden):
         raise InvalidInputError(f"layer sizes must be >= 1, got hidden {hidden} and coding size {k}")
     if widest >= n_features:
         msg = (
@@ -128,7 +129,7 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
                 f"{msg}; choose --coding-size < {n_features} or pass --allow-overcomplete"
             )
         log.warning("%s (allowed by --allow-overcomplete)", msg)
-    unknown = [a for a in config.activation.split(",") if a.strip() not in defaults.ACTIVATION_NAMES]
+    unknown = defaults.unknown_activations(config.activation)
     if unknown:
         raise InvalidInputError(
             f"unknown activation(s) {', '.join(repr(a) for a in unknown)} in {config.activation!r}; "

@@ -101,7 +101,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{flag} must be >= {low}, got {value}")
     if not args.lr > 0:
         raise InvalidInputError(f"--lr must be > 0, got {args.lr}")
-    unknown = [a for a in args.activation.split(",") if a.strip() not in defaults.ACTIVATION_NAMES]
+    unknown = defaults.unknown_activations(args.activation)
     if unknown:
         raise InvalidInputError(
             f"--activation: unknown {', '.join(repr(a) for a in unknown)}; choose from "

@@ -25,6 +25,18 @@ ACTIVATION_NAMES: tuple[str, ...] = ("relu", "elu", "tanh", "gelu")
 #: with the gelu network's coding twice as wide (MEMBER_CODING_FACTORS) 0.927; three networks
 #: (tanh k, gelu 2k, tanh k) sharing the same step budget 0.928 (README "Detection quality").
 ACTIVATION = "tanh,gelu,tanh"
+
+
+def activation_list(spec: str) -> list[str]:
+    """The networks' activations in a comma-separated ``spec``: stripped, empty entries dropped."""
+    return [a.strip() for a in spec.split(",") if a.strip()]
+
+
+def unknown_activations(spec: str) -> list[str]:
+    """The entries of ``spec`` (as written) that are not in :data:`ACTIVATION_NAMES`; empty ones included."""
+    return [a for a in spec.split(",") if a.strip() not in ACTIVATION_NAMES]
+
+
 #: torch intra-op threads. Small dense nets run fastest on one thread (measured: a step took
 #: 7 ms on 1 thread vs 19 ms on 2 on a busy 2-core machine), and one thread keeps runs reproducible.
 TORCH_THREADS = 1

@@ -253,7 +253,7 @@ def member_configs(config: FitConfig) -> list[FitConfig]:
     """One config per ensemble member: member ``i`` gets the ``i``-th activation, seed ``seed + i``,
     the ``i``-th of ``member_coding_sizes`` when those are set (else ``coding_size``) and an equal
     share of ``max_steps``."""
-    names = [a.strip() for a in config.activation.split(",") if a.strip()]
+    names = defaults.activation_list(config.activation)
     if not names:
         raise ValueError(f"no activation in {config.activation!r}")
     sizes = config.member_coding_sizes
