@@ -3,7 +3,6 @@
 Every field is a command-line flag (``max_batch_rows`` -> ``--max-batch-rows``) and an environment
 variable (``AEGUARD_MAX_BATCH_ROWS``). A flag wins over the variable, the variable over the default.
 Tests build the dataclass directly or through :meth:`ServerConfig.from_sources` with a dict.
-TLS and authentication settings belong here too when they come (a later issue).
 """
 
 from __future__ import annotations
@@ -46,10 +45,9 @@ class ServerConfig:
     """Widest model (features) the message-size limit is sized for."""
     max_message_bytes: int = 0
     """gRPC message-size limit in bytes; 0 = sized to fit max_batch_rows x max_features float32 values."""
-    workers: int = 4
-    """Threads handling RPCs (grpcio's ThreadPoolExecutor). Each open ScoreStream holds one for its
-    whole life. Few threads serve batch-1 calls fastest: they all take turns on one GIL, and every
-    extra runnable thread adds hand-offs (README "Benchmarks": 4 threads ~1.25x the rate of 16)."""
+    processes: int = 0
+    """Serving processes sharing the port (SO_REUSEPORT); 0 = the CPUs this process may use (cgroup
+    quota respected); 1 = a single process. Each loads its own copy of the models."""
     max_concurrent_rpcs: int = 0
     """RPCs accepted at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit."""
     micro_batch_rows: int = 0
@@ -66,12 +64,14 @@ class ServerConfig:
     """Fewer scores than this in the window and the drift gauge reads NaN (not enough data)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_rows", "max_features", "workers", "intra_op_threads", "inter_op_threads"):
+        for name in ("max_batch_rows", "max_features", "intra_op_threads", "inter_op_threads"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise InvalidInputError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.processes < 0:
+            raise InvalidInputError(f"processes must be >= 0 (0 = one per CPU), got {self.processes}")
         if self.micro_batch_rows < 0:
             raise InvalidInputError(f"micro_batch_rows must be >= 0, got {self.micro_batch_rows}")
         if self.grace_s < 0 or self.drift_window < 1 or self.drift_min_samples < 0:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from service import config as config_module
 
 if TYPE_CHECKING:
-    from service.rpc.server import ServerHandle
+    from service.rpc.main import Serving
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def ensure_default_model(path: Path, retrain: bool = False) -> Path:
     return path
 
 
-def typical_sample(handle: ServerHandle) -> dict[str, float]:
+def typical_sample(model_path: str, name: str) -> dict[str, float]:
     """A sample on the model's normal manifold: reconstructions of reconstructions, starting from zeros.
 
     The model knows what normal looks like; a few passes through it land near typical values
@@ -53,7 +53,11 @@ def typical_sample(handle: ServerHandle) -> dict[str, float]:
     """
     import numpy as np
 
-    scorer = handle.store.get().scorer
+    from service.model_store import ModelStore
+
+    store = ModelStore()
+    store.load_path(model_path)
+    scorer = store.get(name).scorer
     x = np.zeros((1, scorer.metadata.n_features), dtype=np.float32)
     for _ in range(10):
         x = scorer.reconstruct(x)
@@ -62,13 +66,14 @@ def typical_sample(handle: ServerHandle) -> dict[str, float]:
     }
 
 
-def usage(handle: ServerHandle, host: str) -> str:
+def usage(serving: Serving, model_path: str) -> str:
     """How to call the running server, with its real port and feature names."""
-    sample = typical_sample(handle)
+    sample = typical_sample(model_path, serving.default_model)
     request = json.dumps({"named": [{"features": sample}], "top_k": 3})
-    target = f"{host}:{handle.port}"
+    host = serving.host
+    target = f"{host}:{serving.port}"
     return f"""
-aeguard is serving model '{handle.store.default_name}' on {target} (metrics: http://{host}:{handle.metrics_port}/metrics)
+aeguard is serving model '{serving.default_model}' on {target} with {serving.processes} process(es) (metrics: http://{host}:{serving.metrics_port}/metrics)
 
 Call it with grpcurl (reflection is on, no .proto needed):
   grpcurl -plaintext {target} list aeguard.v1.AnomalyDetector
@@ -95,4 +100,4 @@ def run(args: argparse.Namespace) -> int:
     if values.get("model") is None and "AEGUARD_MODEL" not in os.environ:
         values["model"] = str(ensure_default_model(DEFAULT_MODEL_PATH, args.retrain))
     config = config_module.ServerConfig.from_sources(values)
-    return serve(config, on_ready=lambda handle: print(usage(handle, config.host), flush=True))
+    return serve(config, on_ready=lambda serving: print(usage(serving, config.model), flush=True))

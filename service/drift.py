@@ -123,6 +123,11 @@ class ScoreDrift:
             self._filled = min(self.window, self._filled + n)
             self._pos = (self._pos + n) % self.window
 
+    def counts(self) -> np.ndarray:
+        """How many of the window's scores fall in each reference bin (a copy)."""
+        with self._lock:
+            return self._counts.copy()
+
     def shares(self) -> np.ndarray:
         """The window's share of scores in each reference bin."""
         with self._lock:

@@ -8,6 +8,22 @@ the sample or the file, and say what to do.
 
 from __future__ import annotations
 
+#: Longest piece of a client's strings or bytes ever quoted back in an error message.
+MAX_ECHO_CHARS = 100
+#: How many names an error message lists at most (e.g. the loaded models on NOT_FOUND).
+MAX_LISTED_NAMES = 5
+
+
+def truncate(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """A client-supplied string cut to ``limit`` characters (with a marker) before it is echoed."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def list_some(names: list[str], limit: int = MAX_LISTED_NAMES) -> str:
+    """``a, b, c`` for at most ``limit`` names, then how many more there are."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
 
 class AeguardError(Exception):
     """Base class of every error aeguard raises on purpose.

@@ -1,25 +1,32 @@
 """Prometheus metric definitions for the server, on an explicit registry, and their HTTP endpoint.
 
-Names follow the agreed list in the README ("## Metrics"): ``aeguard_`` prefix, base units,
-histograms (not summaries), labels ``model_name``/``model_version``, no unbounded labels. Hot-path
-updates go through pre-bound label children; the per-sample ``normalized_score`` histogram and the
-drift gauge are custom collectors so a 4096-row batch costs one numpy pass, not 4096 calls.
+Names follow docs (Metrics): ``aeguard_`` prefix, base units, histograms (not summaries), labels
+``model_name``/``model_version``, no unbounded labels. Hot-path updates go through pre-bound label
+children; a 4096-row batch updates the ``normalized_score`` histogram with one numpy pass.
+
+Every metric works in prometheus-client's multiprocess mode, where each worker process writes its
+values to files under ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor's ``/metrics`` adds them up.
+How each gauge aggregates across workers is stated in its help text (``multiprocess_mode``).
+Custom collectors cannot run inside workers in that mode, so score drift is published as window
+bin counts (:meth:`Metrics.publish_drift`) and turned into a PSI at scrape time (:class:`ScrapeView`).
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
+import math
 import threading
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.drift import psi
 from service.errors import ModelLoadError
 from service.model_store import LoadedModel
 from service.scorer import ScoreBatch
@@ -47,39 +54,33 @@ RPC_DURATION_BUCKETS = (
 )
 #: Samples per request, powers of 4 up to beyond the default batch limit.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+#: Internal series from which the scrape computes ``aeguard_score_drift_psi``; never exposed.
+WINDOW_SERIES = "aeguard_score_window_samples"
+REFERENCE_SERIES = "aeguard_score_reference_share"
+#: The variable that puts prometheus-client into multiprocess mode (set by the supervisor).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: A retired model version's last-value gauges are set to this: the scrape drops such samples.
+RETIRED = -math.inf
 
 
-class _NumpyHistogram:
-    """Cumulative-ready bucket counts updated with one numpy pass per batch."""
+def observe_many(child: Any, bounds: list[float], values: np.ndarray) -> None:
+    """Add many observations to one prometheus-client Histogram child with one numpy pass.
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = np.asarray(bounds, dtype=np.float64)
-        self._bounds_list = list(bounds)
-        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # last = above every bound (+Inf)
-        self.total = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, values: np.ndarray) -> None:
-        if values.size == 1:
-            v = float(values.flat[0])
-            i = bisect.bisect_left(self._bounds_list, v)  # bucket "le" bound: v <= bound
-            with self._lock:
-                self.counts[i] += 1
-                self.total += v
-            return
-        idx = np.searchsorted(self.bounds, values, side="left")
-        add = np.bincount(idx, minlength=len(self.counts))
-        s = float(values.sum(dtype=np.float64))
-        with self._lock:
-            self.counts += add
-            self.total += s
-
-    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
-        with self._lock:
-            cumulative = np.cumsum(self.counts)
-            total = self.total
-        les = [*(repr(float(b)) for b in self.bounds), "+Inf"]
-        return [(le, float(c)) for le, c in zip(les, cumulative, strict=True)], total
+    prometheus-client has no bulk ``observe``; per-value calls cost ~1 µs each (4 ms for 4096 rows).
+    This adds each bucket's count and the sum directly to the child's value objects (``_buckets``
+    are per-bucket, not cumulative, exactly as ``Histogram.observe`` keeps them). It relies on those
+    two attributes; ``tests/test_metrics.py`` checks the result against per-value ``observe`` so a
+    prometheus-client upgrade that changes them fails loudly.
+    """
+    if values.size == 1:
+        v = float(values.flat[0])
+        child._sum.inc(v)
+        child._buckets[bisect.bisect_left(bounds, v)].inc(1)
+        return
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds) + 1)
+    child._sum.inc(float(values.sum(dtype=np.float64)))
+    for i in np.flatnonzero(counts):
+        child._buckets[i].inc(int(counts[i]))
 
 
 @dataclass
@@ -88,9 +89,8 @@ class _ModelSeries:
 
     samples: Any
     anomalies: list[Any]  # index = severity level (0 = none, unused)
-    normalized: _NumpyHistogram
-    drift: Any = None  # the served model's ScoreDrift
-    labels: tuple[str, str] = ("", "")
+    normalized: Any
+    model: LoadedModel
 
 
 class RpcSeries:
@@ -112,14 +112,14 @@ class RpcSeries:
 
 
 class Metrics:
-    """Every server metric. Implements the model store's listener interface."""
+    """Every metric of one serving process. Implements the model store's listener interface."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         mv = ["model_name", "model_version"]
         self.rpc_requests = Counter(
             "aeguard_rpc_requests",
-            "Finished RPCs by method and gRPC status code.",
+            "Finished RPCs by method and gRPC status code (summed over worker processes).",
             ["method", "code"],
             registry=registry,
         )
@@ -131,12 +131,11 @@ class Metrics:
             registry=registry,
         )
         self.rpc_in_flight = Gauge(
-            "aeguard_rpc_in_flight", "RPCs being handled now.", ["method"], registry=registry
-        )
-        self.rpc_threads = Gauge(
-            "aeguard_rpc_threads",
-            "RPC threads (--workers); each in-flight RPC, an open stream included, holds one.",
+            "aeguard_rpc_in_flight",
+            "RPCs being handled now, open streams included (summed over live worker processes).",
+            ["method"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.samples_scored = Counter("aeguard_samples_scored", "Samples scored.", mv, registry=registry)
         self.anomalies = Counter(
@@ -152,30 +151,59 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
+        self.normalized_score = Histogram(
+            "aeguard_normalized_score",
+            "Per-sample score / the model's lowest threshold (1.0 = anomaly boundary).",
+            mv,
+            buckets=NORMALIZED_SCORE_BUCKETS,
+            registry=registry,
+        )
         self.model_info = Gauge(
             "aeguard_model_info",
-            "1 for each loaded model.",
+            "1 for each loaded model; with several worker processes, one series per worker (label pid), "
+            "so a roll-over shows which version each one serves.",
             [*mv, "coding_size", "n_features"],
             registry=registry,
+            multiprocess_mode="liveall",
         )
         self.model_threshold = Gauge(
             "aeguard_model_threshold",
-            "A model's alert threshold in raw score units.",
+            "A model's alert threshold in raw score units (the same in every worker that serves it).",
             [*mv, "threshold"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.model_load_duration = Gauge(
             "aeguard_model_load_duration_seconds",
-            "Seconds the last successful load (validation and warm-up included) took.",
+            "Seconds the last successful load (validation and warm-up included) took "
+            "(the slowest live worker).",
             ["model_name"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.model_load_failures = Counter(
-            "aeguard_model_load_failures", "Model files refused (at start-up or reload).", registry=registry
+            "aeguard_model_load_failures",
+            "Model files refused (at start-up or reload), summed over worker processes.",
+            registry=registry,
+        )
+        self.score_window = Gauge(
+            WINDOW_SERIES,
+            "Internal: recent scores per drift bin (summed over live workers); the scrape turns it "
+            "into aeguard_score_drift_psi.",
+            [*mv, "bin"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.score_reference = Gauge(
+            REFERENCE_SERIES,
+            "Internal: the calibration share of each drift bin.",
+            [*mv, "bin"],
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self._series: dict[tuple[str, str], _ModelSeries] = {}
         self._series_lock = threading.Lock()
-        registry.register(_ModelCollector(self))
+        self._bounds = list(NORMALIZED_SCORE_BUCKETS)
 
     # -- request path -----------------------------------------------------------------------------
     def rpc(self, method: str) -> RpcSeries:
@@ -198,8 +226,16 @@ class Metrics:
             for level, count in enumerate(np.bincount(levels, minlength=len(series.anomalies))):
                 if level and count:
                     series.anomalies[level].inc(int(count))
-        series.normalized.observe(batch.normalized_score)
+        observe_many(series.normalized, self._bounds, batch.normalized_score)
         model.drift.add(batch.score)
+
+    def publish_drift(self) -> None:
+        """Write each served model's drift-window bin counts into the (multiprocess) gauges."""
+        for series in self.series_snapshot():
+            model = series.model
+            counts = model.drift.counts()
+            for i, count in enumerate(counts):
+                self.score_window.labels(model.name, model.version, str(i)).set(float(count))
 
     # -- store listener -----------------------------------------------------------------------------
     def model_loaded(self, model: LoadedModel) -> None:
@@ -210,20 +246,25 @@ class Metrics:
             self.model_threshold.labels(*labels, t.name).set(t.value)
         if model.load_duration_s > 0:
             self.model_load_duration.labels(model.name).set(model.load_duration_s)
+        for i, share in enumerate(model.drift.expected):
+            self.score_reference.labels(*labels, str(i)).set(float(share))
         self._bind(model)
 
     def model_unloaded(self, model: LoadedModel) -> None:
+        # Multiprocess files cannot forget a series, so a retired version's gauges are marked and
+        # the scrape drops them (ScrapeView); in one process they read the same way.
         meta = model.metadata
         labels = (model.name, model.version)
-        with contextlib.suppress(KeyError):
-            self.model_info.remove(*labels, str(meta.coding_size), str(meta.n_features))
+        self.model_info.labels(*labels, str(meta.coding_size), str(meta.n_features)).set(0)
         for t in meta.thresholds:
-            with contextlib.suppress(KeyError):
-                self.model_threshold.remove(*labels, t.name)
+            self.model_threshold.labels(*labels, t.name).set(RETIRED)
+        for i in range(len(model.drift.expected)):
+            self.score_reference.labels(*labels, str(i)).set(RETIRED)
+            self.score_window.labels(*labels, str(i)).set(0)
         with self._series_lock:
             series = self._series.get(labels)
-            if series is not None and series.drift is model.drift:
-                series.drift = None
+            if series is not None and series.model is model:
+                del self._series[labels]
 
     def model_load_failed(self, source: str, error: ModelLoadError) -> None:
         self.model_load_failures.inc()
@@ -232,18 +273,17 @@ class Metrics:
         labels = (model.name, model.version)
         with self._series_lock:
             series = self._series.get(labels)
-            if series is None:
+            if series is None or series.model is not model:
                 series = _ModelSeries(
                     samples=self.samples_scored.labels(*labels),
                     anomalies=[
                         None,
                         *(self.anomalies.labels(*labels, name) for name in model.severity_names[1:]),
                     ],
-                    normalized=_NumpyHistogram(NORMALIZED_SCORE_BUCKETS),
-                    labels=labels,
+                    normalized=self.normalized_score.labels(*labels),
+                    model=model,
                 )
                 self._series[labels] = series
-            series.drift = model.drift
             return series
 
     def series_snapshot(self) -> list[_ModelSeries]:
@@ -251,31 +291,77 @@ class Metrics:
             return list(self._series.values())
 
 
-class _ModelCollector(Collector):
-    """``aeguard_normalized_score`` (histogram) and ``aeguard_score_drift_psi`` (gauge), per model."""
+#: (model_name, model_version) -> bin index -> value
+_Bins = dict[tuple[str, str], dict[int, float]]
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
 
-    def collect(self) -> Iterator[Any]:
-        hist = HistogramMetricFamily(
-            "aeguard_normalized_score",
-            "Per-sample score / the model's lowest threshold (1.0 = anomaly boundary).",
-            labels=["model_name", "model_version"],
-        )
-        drift = GaugeMetricFamily(
+class ScrapeView(Collector):
+    """What ``/metrics`` shows: the source's families, with drift computed and retired series dropped.
+
+    ``sources`` are the process's own registry, or a registry holding a ``MultiProcessCollector``
+    over every worker's files plus the supervisor's own registry. The window and reference bin
+    series become one ``aeguard_score_drift_psi`` gauge per model version: the PSI of the summed windows (every
+    worker's most recent scores) against the calibration shares, NaN below ``min_samples`` scores.
+    """
+
+    def __init__(
+        self, sources: Sequence[Any], min_samples: int, before: Callable[[], None] | None = None
+    ) -> None:
+        self._sources = list(sources)
+        self._min_samples = min_samples
+        self._before = before
+
+    def collect(self) -> Iterator[Metric]:
+        if self._before is not None:
+            self._before()
+        window: _Bins = defaultdict(dict)
+        reference: _Bins = defaultdict(dict)
+        for family in (f for source in self._sources for f in source.collect()):
+            if family.name in (WINDOW_SERIES, REFERENCE_SERIES):
+                into = window if family.name == WINDOW_SERIES else reference
+                for s in family.samples:
+                    key = (s.labels["model_name"], s.labels["model_version"])
+                    into[key][int(s.labels["bin"])] = s.value
+                continue
+            family.samples = [s for s in family.samples if not _retired(family.name, s.value)]
+            yield family
+        yield self._drift(window, reference)
+
+    def _drift(
+        self,
+        window: dict[tuple[str, str], dict[int, float]],
+        reference: dict[tuple[str, str], dict[int, float]],
+    ) -> GaugeMetricFamily:
+        gauge = GaugeMetricFamily(
             "aeguard_score_drift_psi",
-            "PSI of the recent score window vs the model's calibration score distribution "
-            "(0 = none, > 0.2 significant; NaN until the window has enough scores).",
+            "PSI of the recent score window (every worker's most recent scores together) vs the "
+            "model's calibration score distribution (0 = none, > 0.2 significant; NaN until the "
+            "window has enough scores).",
             labels=["model_name", "model_version"],
         )
-        for series in self._metrics.series_snapshot():
-            buckets, total = series.normalized.snapshot()
-            hist.add_metric(list(series.labels), buckets, total)
-            if series.drift is not None:
-                drift.add_metric(list(series.labels), series.drift.value())
-        yield hist
-        yield drift
+        for key, shares in sorted(reference.items()):
+            if not shares or any(v == RETIRED for v in shares.values()):
+                continue
+            bins = range(max(shares) + 1)
+            expected = np.array([shares.get(i, 0.0) for i in bins])
+            counts = np.array([window.get(key, {}).get(i, 0.0) for i in bins])
+            total = counts.sum()
+            value = math.nan if total < max(self._min_samples, 1) else psi(counts / total, expected)
+            gauge.add_metric(list(key), value)
+        return gauge
+
+
+def _retired(name: str, value: float) -> bool:
+    if name == "aeguard_model_info":
+        return value == 0
+    return value == RETIRED
+
+
+def scrape_registry(view: ScrapeView) -> CollectorRegistry:
+    """A registry holding only ``view``, for the HTTP endpoint."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(view)
+    return registry
 
 
 def serve_http(registry: CollectorRegistry, host: str, port: int) -> tuple[Any, int]:

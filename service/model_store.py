@@ -16,7 +16,7 @@ from typing import Protocol
 
 from service.artifact import ModelMetadata
 from service.drift import ScoreDrift
-from service.errors import ModelLoadError, ModelNotFoundError, NotReadyError
+from service.errors import ModelLoadError, ModelNotFoundError, NotReadyError, list_some, truncate
 from service.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class ModelStore:
             if not models:
                 raise NotReadyError("no model is loaded yet; retry when health reports SERVING") from None
             raise ModelNotFoundError(
-                f"no model named '{name}'; loaded: {', '.join(sorted(models))}"
+                f"no model named '{truncate(name)}'; loaded: {list_some(sorted(models))}"
             ) from None
 
     def models(self) -> list[LoadedModel]:

@@ -28,7 +28,7 @@ def test_serve_until_signal_then_exit_zero(tiny_model_path, signum):
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--grace-s", "5"],
         cwd=REPO,
-        env=_env(AEGUARD_MODEL=str(tiny_model_path), AEGUARD_METRICS_PORT="0", AEGUARD_WORKERS="2"),
+        env=_env(AEGUARD_MODEL=str(tiny_model_path), AEGUARD_METRICS_PORT="0", AEGUARD_PROCESSES="2"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

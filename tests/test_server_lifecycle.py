@@ -36,7 +36,7 @@ def _status(health: health_pb2_grpc.HealthStub, service: str = "") -> int:
 
 def test_not_serving_until_models_are_loaded_and_not_serving_on_shutdown(tiny_model_path):
     store = ModelStore()
-    handle = build_server(ServerConfig(port=0, metrics_port=0, workers=4), store)
+    handle = build_server(ServerConfig(port=0, metrics_port=0), store)
     try:
         with _channel(handle.port) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -67,7 +67,7 @@ def test_not_serving_until_models_are_loaded_and_not_serving_on_shutdown(tiny_mo
 def test_in_flight_stream_is_drained_within_the_grace_period(tiny_model_path):
     store = ModelStore()
     store.load_path(tiny_model_path)
-    handle = build_server(ServerConfig(port=0, metrics_port=0, workers=4), store)
+    handle = build_server(ServerConfig(port=0, metrics_port=0), store)
     outbox: queue.Queue[pb.ScoreRequest | None] = queue.Queue()
 
     def requests() -> Iterator[pb.ScoreRequest]:
@@ -117,7 +117,7 @@ def test_in_flight_stream_is_drained_within_the_grace_period(tiny_model_path):
 def test_message_size_limit_comes_from_the_config(tiny_model_path):
     store = ModelStore()
     store.load_path(tiny_model_path)
-    config = ServerConfig(port=0, metrics_port=0, workers=2, max_message_bytes=64 * 1024)
+    config = ServerConfig(port=0, metrics_port=0, max_message_bytes=64 * 1024)
     handle = build_server(config, store)
     try:
         with _channel(handle.port) as channel:

@@ -1,26 +1,31 @@
 """`aeguard serve`: read the config, load the models, serve until SIGTERM/SIGINT, drain, exit 0.
 
-Start-up order: bind the ports (health NOT_SERVING), load and warm up every model, health SERVING,
-then print one JSON line on stdout with the bound ports (``{"event": "serving", "port": ...,
-"metrics_port": ...}``) for scripts and tests. Logs are JSON lines on stderr.
+``--processes 1``: one process binds the ports (health NOT_SERVING), loads and warms up every model,
+then says SERVING. More processes: :mod:`service.rpc.supervisor` starts the workers. Either way,
+once serving, one JSON line goes to stdout with the bound ports (``{"event": "serving", "port":
+..., "metrics_port": ...}``) for scripts and tests. Logs are JSON lines on stderr. SIGHUP never
+stops the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service import config as config_module
 from service.config import ServerConfig
 
 if TYPE_CHECKING:
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
     from service.rpc.server import ServerHandle
 
 log = logging.getLogger(__name__)
@@ -48,10 +53,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """JSON lines on stderr for the whole process (replaces any earlier configuration)."""
+class _StaticFields(logging.Filter):
+    """Adds fixed fields (e.g. the worker index) to every record."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self._fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def configure_logging(verbose: bool = False, **fields: Any) -> None:
+    """JSON lines on stderr for the whole process (replaces any earlier configuration).
+
+    ``fields`` are added to every line (a worker process passes ``worker=INDEX``).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    if fields:
+        handler.addFilter(_StaticFields(fields))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -70,31 +93,67 @@ def run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def serve(config: ServerConfig, on_ready: Callable[[ServerHandle], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit code. ``on_ready`` runs once health is SERVING."""
+@dataclass(frozen=True)
+class Serving:
+    """What a started server tells its caller (and prints as one JSON line on stdout)."""
+
+    host: str
+    port: int
+    metrics_port: int
+    models: list[str]
+    default_model: str
+    processes: int
+
+    def announce(self) -> None:
+        print(json.dumps({"event": "serving", **dataclasses.asdict(self)}), flush=True)
+
+
+def make_store(config: ServerConfig, processes: int = 1) -> tuple[ModelStore, Metrics]:
+    """A model store and the process's metrics, listening to it.
+
+    With several processes each keeps ``drift_window / processes`` recent scores, so the windows
+    summed at scrape time hold about the server's last ``drift_window`` scores.
+    """
     from prometheus_client import CollectorRegistry
 
-    from service.errors import ModelLoadError
     from service.metrics import Metrics
     from service.model_store import ModelStore
-    from service.rpc.server import build_server
+
+    metrics = Metrics(CollectorRegistry())
+    store = ModelStore(
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+        drift_window=max(1, config.drift_window // processes),
+        drift_min_samples=config.drift_min_samples,
+        listeners=[metrics],
+    )
+    return store, metrics
+
+
+def serve(config: ServerConfig, on_ready: Callable[[Serving], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit code. ``on_ready`` runs once health is SERVING."""
+    from service.errors import ModelLoadError
+    from service.rpc.supervisor import available_cpus
 
     if not config.model:
         raise ModelLoadError(
             "no model to serve: pass --model PATH (a .onnx file or a directory) or set AEGUARD_MODEL"
         )
-    metrics = Metrics(CollectorRegistry())
-    store = ModelStore(
-        intra_op_threads=config.intra_op_threads,
-        inter_op_threads=config.inter_op_threads,
-        drift_window=config.drift_window,
-        drift_min_samples=config.drift_min_samples,
-        listeners=[metrics],
-    )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda sig, _frame: stop.set())
-    handle = build_server(config, store, metrics)
+    processes = config.processes or available_cpus()
+    if processes == 1:
+        return _serve_one_process(config, on_ready)
+    return _serve_processes(config, processes, on_ready)
+
+
+def _serve_one_process(config: ServerConfig, on_ready: Callable[[Serving], None] | None) -> int:
+    from service.errors import ModelLoadError
+    from service.rpc.server import build_server
+    from service.rpc.supervisor import install_signal_handlers
+
+    store, metrics = make_store(config)
+    stop, reload = threading.Event(), threading.Event()
+    install_signal_handlers(stop.set, reload.set)
+    handle = build_server(config, store, metrics)  # health NOT_SERVING until the models are warm
     try:
         store.load_path(config.model, config.default_model)
     except ModelLoadError as exc:
@@ -102,27 +161,50 @@ def serve(config: ServerConfig, on_ready: Callable[[ServerHandle], None] | None 
         handle.stop(0)
         raise
     handle.refresh_health()
-    log.info(
-        "serving",
-        extra={"models": [m.name for m in store.models()], "default_model": store.default_name},
+    serving = Serving(
+        config.host, handle.port, handle.metrics_port, [m.name for m in store.models()], store.default_name, 1
     )
-    print(
-        json.dumps(
-            {
-                "event": "serving",
-                "host": config.host,
-                "port": handle.port,
-                "metrics_port": handle.metrics_port,
-                "models": [m.name for m in store.models()],
-                "default_model": store.default_name,
-            }
-        ),
-        flush=True,
-    )
+    log.info("serving", extra={"models": serving.models, "default_model": serving.default_model})
+    serving.announce()
     if on_ready is not None:
-        on_ready(handle)
-    while not stop.wait(1.0):  # wake up now and then so signals are handled promptly everywhere
-        pass
+        on_ready(serving)
+    serve_until_signal(handle, config, stop, reload)
+    return 0
+
+
+def _serve_processes(config: ServerConfig, processes: int, on_ready: Callable[[Serving], None] | None) -> int:
+    from service.rpc.supervisor import Supervisor, install_signal_handlers
+
+    supervisor = Supervisor(config, processes)
+    install_signal_handlers(supervisor.request_stop, supervisor.request_reload)
+    try:
+        supervisor.start()
+        serving = Serving(
+            config.host,
+            supervisor.port,
+            supervisor.metrics_port,
+            supervisor.models,
+            supervisor.default_model,
+            processes,
+        )
+        log.info("serving", extra={"models": serving.models, "processes": processes})
+        serving.announce()
+        if on_ready is not None:
+            on_ready(serving)
+        supervisor.run()
+        log.info("signal received: draining", extra={"grace_s": config.grace_s})
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def serve_until_signal(
+    handle: ServerHandle, config: ServerConfig, stop: threading.Event, reload: threading.Event
+) -> None:
+    """Wait for SIGTERM/SIGINT (``stop``), answering SIGHUP (``reload``) meanwhile; then drain."""
+    while not stop.wait(0.2):  # wake up now and then so signals are handled promptly everywhere
+        if reload.is_set():
+            reload.clear()
+            log.info("SIGHUP received; nothing to reload in this version, serving on")
     log.info("signal received: draining", extra={"grace_s": config.grace_s})
     handle.stop(config.grace_s)
-    return 0

@@ -1,25 +1,35 @@
-"""Wiring: a grpcio server with the AnomalyDetector servicer, health, reflection, interceptor and /metrics.
+"""Wiring: a ``grpc.aio`` server with the AnomalyDetector servicer, health, reflection and metrics.
 
-:func:`build_server` binds and starts everything and returns a :class:`ServerHandle` with the bound
-ports (port 0 = ephemeral, for tests) and ``stop(grace_s)``. Health says NOT_SERVING until the
-store holds warmed-up models (``refresh_health``) and again from the start of ``stop``.
+:func:`build_server` starts an event loop in a thread of its own, builds and binds the server there,
+and returns a :class:`ServerHandle` with the bound ports (port 0 = ephemeral, for tests) and
+``stop(grace_s)``. The same handle serves one process (``--processes 1``, tests) and each worker
+process of :mod:`service.rpc.supervisor`, which then binds with ``SO_REUSEPORT`` and leaves
+``/metrics`` to the supervisor.
+
+Why ``grpc.aio``: every call, stream and health ``Watch`` is a coroutine on one event loop, so open
+streams hold no thread and cannot starve unary calls or probes (with grpcio's thread pool, four
+idle streams took the whole server down). Health says NOT_SERVING until the store holds warmed-up
+models and the ``ready`` gate opens (every worker ready), and again from the start of ``stop``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
-from concurrent import futures
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from service.config import ServerConfig
 from service.errors import NotReadyError
-from service.metrics import Metrics, serve_http
+from service.metrics import Metrics, ScrapeView, scrape_registry, serve_http
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.interceptors import InstrumentedServer
@@ -29,114 +39,201 @@ log = logging.getLogger(__name__)
 
 #: Health is reported for the whole server ("") and for the scoring service by name.
 HEALTH_SERVICES = ("", SERVICE_NAME)
+#: How long past ``grace_s`` a stop may take before what is left is abandoned.
+STOP_SLACK_S = 3.0
+#: How often the loop checks the ready gate and publishes drift windows (multiprocess mode).
+HOUSEKEEPING_S = 0.5
 
 
 class ServerHandle:
-    """A running server: its ports, health, metrics, and a graceful ``stop``."""
+    """A running server: its ports, health, metrics, and a bounded graceful ``stop``."""
 
     def __init__(
         self,
-        server: grpc.Server,
-        port: int,
-        metrics_port: int,
-        health_servicer: health.HealthServicer,
+        config: ServerConfig,
         store: ModelStore,
         metrics: Metrics,
-        httpd: Any,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        ready: Callable[[], bool],
     ) -> None:
-        self.server = server
-        self.port = port
-        self.metrics_port = metrics_port
-        self.health = health_servicer
+        self.config = config
         self.store = store
         self.metrics = metrics
         self.registry = metrics.registry
-        self._httpd = httpd
+        self.port = 0
+        self.metrics_port = 0
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self._loop = loop
+        self._thread = thread
+        self._ready = ready
+        self._httpd: Any = None
+        self._serving: bool | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._housekeeping: asyncio.Task[None] | None = None
 
+    # -- health -----------------------------------------------------------------------------------
     def refresh_health(self) -> bool:
-        """SERVING when the store has warmed-up models, NOT_SERVING otherwise; returns serving."""
-        serving = self.store.ready and not self._stopped.is_set()
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in HEALTH_SERVICES:
-            self.health.set(name, status)
+        """SERVING when the store has warmed-up models and the gate is open; returns serving."""
+        return bool(self._call(self._refresh()))
+
+    async def _refresh(self) -> bool:
+        serving = self.store.ready and self._ready() and not self._stopped.is_set()
+        if serving != self._serving:
+            self._serving = serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in HEALTH_SERVICES:
+                await self.health.set(name, status)
         return serving
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace_s``, then close."""
+    async def _housekeep(self, publish_drift: bool) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            await self._refresh()
+            if publish_drift:
+                self.metrics.publish_drift()
+
+    # -- stopping ---------------------------------------------------------------------------------
+    def stop(self, grace_s: float | None = None) -> bool:
+        """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace_s``, close.
+
+        Returns False when calls were still running after ``grace_s`` plus a few seconds and were
+        abandoned (the log names how many, by method).
+        """
         with self._stop_lock:
             if self._stopped.is_set():
-                return
+                return True
             self._stopped.set()
-        self.health.enter_graceful_shutdown()
         log.info("stopping", extra={"grace_s": grace_s})
-        self.server.stop(grace_s).wait()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        log.info("stopped")
+        clean = True
+        try:
+            self._call(self._stop(grace_s), timeout_s=(grace_s or 0) + STOP_SLACK_S)
+        except FutureTimeout:
+            clean = False
+            log.error(
+                "drain did not finish in time; abandoning the calls still running",
+                extra={"grace_s": grace_s, "in_flight": self.in_flight()},
+            )
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=STOP_SLACK_S)
+        log.info("stopped", extra={"clean": clean})
+        return clean
+
+    async def _stop(self, grace_s: float | None) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace_s)
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` has been called (or ``timeout_s``); True if stopped."""
         return self._stopped.wait(timeout_s)
 
+    def in_flight(self) -> dict[str, float]:
+        """RPCs being handled now, by method (from this process's in-flight gauge)."""
+        counts: dict[str, float] = {}
+        for family in self.metrics.rpc_in_flight.collect():
+            for s in family.samples:
+                if s.value:
+                    counts[s.labels["method"]] = s.value
+        return counts
 
-def build_server(config: ServerConfig, store: ModelStore, metrics: Metrics | None = None) -> ServerHandle:
-    """Create, bind and start the gRPC and metrics servers for ``store``'s models."""
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the server's event loop (thread-safe)."""
+        self._loop.call_soon_threadsafe(fn)
+
+    def _call(self, coro: Any, timeout_s: float | None = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+
+def build_server(
+    config: ServerConfig,
+    store: ModelStore,
+    metrics: Metrics | None = None,
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    reuse_port: bool = False,
+    serve_metrics: bool = True,
+) -> ServerHandle:
+    """Create, bind and start the gRPC server (and, unless ``serve_metrics`` is False, /metrics).
+
+    ``reuse_port`` binds with ``SO_REUSEPORT`` (worker processes sharing one port); ``ready`` is
+    polled until it returns True before health may say SERVING.
+    """
     if metrics is None:
         metrics = Metrics(CollectorRegistry())
         store.add_listener(metrics)
         for model in store.models():
             metrics.model_loaded(model)
-    metrics.rpc_threads.set(config.workers)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="aeguard-loop", daemon=True)
+    thread.start()
+    handle = ServerHandle(config, store, metrics, loop, thread, ready)
+    try:
+        handle._call(_start(handle, reuse_port, publish_drift=not serve_metrics))
+        if serve_metrics:
+            view = ScrapeView([metrics.registry], config.drift_min_samples, before=metrics.publish_drift)
+            try:
+                handle._httpd, handle.metrics_port = serve_http(
+                    scrape_registry(view), config.metrics_address, config.metrics_port
+                )
+            except OSError as exc:
+                raise NotReadyError(
+                    f"cannot serve metrics on {config.metrics_address}:{config.metrics_port} ({exc}); "
+                    "is the port in use? (--metrics-port)"
+                ) from exc
+    except BaseException:
+        with contextlib.suppress(Exception):
+            handle.stop(0)
+        raise
+    log.info(
+        "listening",
+        extra={"host": config.host, "port": handle.port, "metrics_port": handle.metrics_port},
+    )
+    return handle
+
+
+async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) -> None:
+    config = handle.config
     limit = config.message_limit_bytes
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="aeguard-rpc"),
+    server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
-            # Two servers must never share a port by accident (tests bind many on port 0).
-            ("grpc.so_reuseport", 0),
+            # Workers share the port on purpose; otherwise two servers must never share one by
+            # accident (tests bind many on port 0).
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    instrumented = InstrumentedServer(server, metrics)  # error mapping and RPC metrics on every method
+    instrumented = InstrumentedServer(server, handle.metrics)  # error mapping and metrics on every method
     pb_grpc.add_AnomalyDetectorServicer_to_server(
-        AnomalyDetectorServicer(store, metrics, config.max_batch_rows, config.micro_batch_rows), instrumented
+        AnomalyDetectorServicer(handle.store, handle.metrics, config.max_batch_rows, config.micro_batch_rows),
+        instrumented,
     )
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True,
-        experimental_thread_pool=futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="aeguard-health"
-        ),
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, instrumented)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), instrumented
+    health_pb2_grpc.add_HealthServicer_to_server(handle.health, instrumented)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        instrumented,
     )
     host = f"[{config.host}]" if ":" in config.host else config.host
-    # TLS (a later issue) would use server.add_secure_port with credentials from the config here.
     try:
         port = server.add_insecure_port(f"{host}:{config.port}")
     except RuntimeError as exc:
         raise NotReadyError(f"cannot listen on {host}:{config.port} ({exc}); is the port in use?") from exc
     if port == 0:
         raise NotReadyError(f"cannot listen on {host}:{config.port}; is the port in use?")
-    try:
-        httpd, metrics_port = serve_http(metrics.registry, config.metrics_address, config.metrics_port)
-    except OSError as exc:
-        server.stop(None)
-        raise NotReadyError(
-            f"cannot serve metrics on {config.metrics_address}:{config.metrics_port} ({exc}); "
-            "is the port in use? (--metrics-port)"
-        ) from exc
-    server.start()
-    handle = ServerHandle(server, port, metrics_port, health_servicer, store, metrics, httpd)
-    handle.refresh_health()
-    log.info(
-        "listening",
-        extra={"host": config.host, "port": port, "metrics_port": metrics_port, "workers": config.workers},
-    )
-    return handle
+    handle.server, handle.port = server, port
+    await handle._refresh()
+    await server.start()
+    handle._housekeeping = asyncio.get_running_loop().create_task(handle._housekeep(publish_drift))

@@ -1,5 +1,9 @@
 """The AnomalyDetector servicer: convert the request, call the core, convert back. Nothing else.
 
+Methods are coroutines on the server's event loop (``grpc.aio``): an open stream is a suspended
+coroutine, not a held thread, so no number of idle streams can delay other calls. Scoring runs
+inline (onnxruntime's call is short; handing it to a thread costs more than it saves at batch 1).
+
 Errors are raised as :mod:`service.errors` types and mapped to status codes by the interceptor;
 only ScoreStream turns them into per-response ``error`` fields, so one bad message costs only its
 own response and the stream goes on.
@@ -8,7 +12,7 @@ own response and the stream goes on.
 # ruff: noqa: N802  (method names are the gRPC contract)
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from service.batcher import MicroBatcher
@@ -18,7 +22,7 @@ from service.model_store import ModelStore
 from service.rpc import convert
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
-from service.rpc.interceptors import status_for
+from service.rpc.interceptors import Undecodable, status_for
 
 #: Full service name, as used by health checks and reflection.
 #: Requests up to this many rows (without feature errors) go through the micro-batcher.
@@ -43,7 +47,7 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
         self._stream_batch = metrics.batch_size.labels("ScoreStream")
         self._encode_batch = metrics.batch_size.labels("Encode")
 
-    def _score(self, request: pb.ScoreRequest, batch_size: Any) -> pb.ScoreResponse:
+    async def _score(self, request: pb.ScoreRequest, batch_size: Any) -> pb.ScoreResponse:
         model = self._store.get(request.model)
         x = convert.request_rows(request, model, self._max_rows)
         with_fe = request.feature_errors or request.top_k > 0
@@ -53,37 +57,40 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
             and x.shape[0] <= self._small_rows
             and x.shape[1] == model.metadata.n_features  # other widths fail alone, with their message
         ):
-            batch = self._batcher.score(model, x)  # metrics are updated once per group
+            batch = await self._batcher.score(model, x)  # metrics are updated once per group
         else:
             batch = model.scorer.score(x, with_feature_errors=with_fe)
             self._metrics.observe_scores(model, batch)
         batch_size.observe(x.shape[0])
         return convert.score_response(request, model, batch)
 
-    def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
-        return self._score(request, self._score_batch)
+    async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
+        return await self._score(request, self._score_batch)
 
-    def ScoreStream(
-        self, request_iterator: Iterator[pb.ScoreRequest], context: Any
-    ) -> Iterator[pb.ScoreResponse]:
-        for request in request_iterator:
+    async def ScoreStream(
+        self, request_iterator: AsyncIterator[pb.ScoreRequest | Undecodable], context: Any
+    ) -> AsyncIterator[pb.ScoreResponse]:
+        async for request in request_iterator:
             try:
-                yield self._score(request, self._stream_batch)
+                if isinstance(request, Undecodable):
+                    raise request.error()
+                yield await self._score(request, self._stream_batch)
             except AeguardError as exc:
-                yield convert.error_response(request.request_id, status_for(exc).value[0], exc.message)
+                request_id = "" if isinstance(request, Undecodable) else request.request_id
+                yield convert.error_response(request_id, status_for(exc).value[0], exc.message)
 
-    def Encode(self, request: pb.EncodeRequest, context: Any) -> pb.EncodeResponse:
+    async def Encode(self, request: pb.EncodeRequest, context: Any) -> pb.EncodeResponse:
         model = self._store.get(request.model)
         x = convert.request_rows(request, model, self._max_rows)
         codes = model.scorer.encode(x)
         self._encode_batch.observe(x.shape[0])
         return convert.encode_response(model, codes, request.raw_output)
 
-    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
         model = self._store.get(request.model)
         return convert.model_info(model, model.name == self._store.default_name)
 
-    def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
         default = self._store.default_name
         return pb.ListModelsResponse(
             models=[convert.model_info(m, m.name == default) for m in self._store.models()],

@@ -1,0 +1,46 @@
+"""One worker process of a multi-process server: load the models, serve on the shared port, drain.
+
+Started by :class:`service.rpc.supervisor.Supervisor` (``spawn``). A worker loads and warms up its
+models *before* it binds the port, so the kernel never hands it a connection it cannot answer; it
+then reports ready and waits for the supervisor's gate (every worker ready) before its health says
+SERVING. Its metrics go to the multiprocess directory the supervisor scrapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from service.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(config: ServerConfig, index: int, processes: int, events: Any, all_ready: Any) -> None:
+    """The worker's whole life; ends the process (exit 0 after a drain, 2 if its models are refused)."""
+    from service.errors import ModelLoadError
+    from service.rpc.main import configure_logging, make_store, serve_until_signal
+    from service.rpc.server import build_server
+    from service.rpc.supervisor import install_signal_handlers
+
+    configure_logging(worker=index)
+    stop, reload = threading.Event(), threading.Event()
+    install_signal_handlers(stop.set, reload.set)
+    store, metrics = make_store(config, processes)
+    try:
+        store.load_path(config.model, config.default_model)
+    except ModelLoadError as exc:
+        log.error("model refused", extra={"error": exc.message})
+        events.put(("failed", index, os.getpid(), exc.message))
+        sys.exit(2)
+    handle = build_server(
+        config, store, metrics, ready=all_ready.is_set, reuse_port=True, serve_metrics=False
+    )
+    events.put(("ready", index, os.getpid(), [m.name for m in store.models()], store.default_name))
+    serve_until_signal(handle, config, stop, reload)
+    logging.shutdown()
+    # grpcio's own threads must not keep a drained worker alive.
+    os._exit(0)
