@@ -58,6 +58,21 @@ class ServerConfig:
     """onnxruntime threads across operators (per model session)."""
     grace_s: float = 10.0
     """On SIGTERM/SIGINT, how long in-flight RPCs may take to finish before they are cancelled."""
+    reload_interval_s: float = 10.0
+    """How often the model path (and the TLS and token files) is looked at for changes; 0 = only on
+    SIGHUP. A changed file is swapped in once it holds still across two looks and loads cleanly."""
+    tls_cert: str = ""
+    """PEM certificate chain of the server; with tls_key, the gRPC port speaks TLS only."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS). Needs tls_cert."""
+    auth_tokens_file: str = ""
+    """File of bearer tokens, one per line ('name:token' or 'token'): every RPC but health must send
+    'authorization: Bearer <token>'. Re-read on reload."""
+    health_port: int = -1
+    """Plaintext port serving grpc.health.v1 only, for probes that speak neither TLS nor tokens
+    (Kubernetes' gRPC probes); -1 = none, 0 = a free one."""
     drift_window: int = 10_000
     """Number of most recent scores (per model) the score-drift PSI is computed over."""
     drift_min_samples: int = 100
@@ -70,6 +85,14 @@ class ServerConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise InvalidInputError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if not -1 <= self.health_port <= 65535:
+            raise InvalidInputError(f"health_port must be -1 (none) or in 0..65535, got {self.health_port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidInputError("tls_cert and tls_key go together: give both PEM files, or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidInputError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if self.reload_interval_s < 0:
+            raise InvalidInputError(f"reload_interval_s must be >= 0, got {self.reload_interval_s}")
         if self.processes < 0:
             raise InvalidInputError(f"processes must be >= 0 (0 = one per CPU), got {self.processes}")
         if self.micro_batch_rows < 0:

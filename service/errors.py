@@ -62,5 +62,9 @@ class NotReadyError(AeguardError):
     """The service cannot answer yet (no model loaded, shutting down)."""
 
 
+class UnauthenticatedError(AeguardError):
+    """The caller did not prove who it is (no token, or one that is not allowed)."""
+
+
 class DataError(AeguardError):
     """A data file cannot be used for training, evaluation or batch scoring."""

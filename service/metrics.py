@@ -27,7 +27,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.drift import psi
-from service.errors import ModelLoadError
 from service.model_store import LoadedModel
 from service.scorer import ScoreBatch
 
@@ -181,9 +180,17 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        self.model_load_failures = Counter(
-            "aeguard_model_load_failures",
-            "Model files refused (at start-up or reload), summed over worker processes.",
+        self.model_reloads = Counter(
+            "aeguard_model_reloads",
+            "Model files swapped in (result ok) or refused (result failed) while serving; every worker "
+            "reloads, so one changed file counts once per worker process.",
+            ["result"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "aeguard_auth_failures",
+            "Calls refused for a missing or invalid bearer token (reason: missing, invalid).",
+            ["reason"],
             registry=registry,
         )
         self.score_window = Gauge(
@@ -201,6 +208,8 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        for result in ("ok", "failed"):  # exposed at 0 from the start, so increase() sees the first one
+            self.model_reloads.labels(result)
         self._series: dict[tuple[str, str], _ModelSeries] = {}
         self._series_lock = threading.Lock()
         self._bounds = list(NORMALIZED_SCORE_BUCKETS)
@@ -266,8 +275,9 @@ class Metrics:
             if series is not None and series.model is model:
                 del self._series[labels]
 
-    def model_load_failed(self, source: str, error: ModelLoadError) -> None:
-        self.model_load_failures.inc()
+    def model_reloaded(self, result: str) -> None:
+        """Count one reload outcome ("ok" or "failed")."""
+        self.model_reloads.labels(result).inc()
 
     def _bind(self, model: LoadedModel) -> _ModelSeries:
         labels = (model.name, model.version)
@@ -300,8 +310,9 @@ class ScrapeView(Collector):
 
     ``sources`` are the process's own registry, or a registry holding a ``MultiProcessCollector``
     over every worker's files plus the supervisor's own registry. The window and reference bin
-    series become one ``aeguard_score_drift_psi`` gauge per model version: the PSI of the summed windows (every
-    worker's most recent scores) against the calibration shares, NaN below ``min_samples`` scores.
+    series become one ``aeguard_score_drift_psi`` gauge per model version: the PSI of the summed
+    windows (every worker's most recent scores) against the calibration shares, NaN below
+    ``min_samples`` scores.
     """
 
     def __init__(

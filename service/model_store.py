@@ -7,6 +7,7 @@ the new one, never a mix, and an in-flight request keeps the :class:`LoadedModel
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -25,6 +26,24 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
 
 
+@dataclass(frozen=True)
+class FileState:
+    """What a look at a file sees: size, modification time and inode (a rename changes the inode)."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def file_state(path: str | Path) -> FileState | None:
+    """The file's state now; None when it is missing."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return FileState(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     """One servable model: its scorer plus what the server tracks about it (compared by identity)."""
@@ -35,6 +54,9 @@ class LoadedModel:
     load_duration_s: float
     drift: ScoreDrift
     severity_names: tuple[str, ...] = field(default=())
+    #: The file as it was just before it was read (None for a model not loaded from a file): the
+    #: reloader compares it with what it sees later.
+    file_state: FileState | None = None
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -51,8 +73,6 @@ class StoreListener(Protocol):
     def model_loaded(self, model: LoadedModel) -> None: ...
 
     def model_unloaded(self, model: LoadedModel) -> None: ...
-
-    def model_load_failed(self, source: str, error: ModelLoadError) -> None: ...
 
 
 class ModelStore:
@@ -111,15 +131,18 @@ class ModelStore:
     # -- loading --------------------------------------------------------------------------------
     def load_file(self, path: str | Path) -> LoadedModel:
         """Load, validate and warm up one model file (not yet served: see :meth:`swap`)."""
-        source = str(path)
         start = time.perf_counter()
-        try:
-            scorer = Scorer.load(path, intra_op_threads=self._intra, inter_op_threads=self._inter)
-        except ModelLoadError as exc:
-            for listener in self._listeners:
-                listener.model_load_failed(source, exc)
-            raise
-        return self.wrap(scorer, load_duration_s=time.perf_counter() - start)
+        state = file_state(path)
+        scorer = Scorer.load(path, intra_op_threads=self._intra, inter_op_threads=self._inter)
+        if scorer.metadata.architecture.get("undercomplete") is False:
+            raise ModelLoadError(
+                f"{path}: the model is overcomplete (its coding layer is not smaller than its input), so it "
+                "can copy its input and its reconstruction error proves nothing; retrain it with a smaller "
+                "--coding-size"
+            )
+        return dataclasses.replace(
+            self.wrap(scorer, load_duration_s=time.perf_counter() - start), file_state=state
+        )
 
     def wrap(self, scorer: Scorer, *, load_duration_s: float = 0.0) -> LoadedModel:
         """Turn a ready :class:`Scorer` into a servable :class:`LoadedModel`."""
@@ -171,20 +194,34 @@ class ModelStore:
         self._path, self._wanted_default = path, default_model
         return [loaded[k] for k in sorted(loaded)]
 
-    def reload(self) -> list[LoadedModel]:
-        """Load the last :meth:`load_path` path again and swap it in; on failure keep what is served."""
-        if self._path is None:
-            raise NotReadyError("nothing to reload: no model path was loaded")
-        return self.load_path(self._path, self._wanted_default)
+    def update(self, add: list[LoadedModel], remove: list[str], wanted_default: str = "") -> None:
+        """Serve ``add`` (new names or replacing the same names) and drop ``remove``, in one swap.
+
+        The default stays what it was while it is still served; otherwise ``wanted_default`` or the
+        same choice as at start-up. A call in flight keeps the model it started with.
+        """
+        with self._write_lock:
+            new = dict(self._models)
+            removed = [new.pop(name) for name in remove if name in new]
+            removed += [new[m.name] for m in add if m.name in new]
+            new.update({m.name: m for m in add})
+            if not new:
+                raise NotReadyError("refusing to remove the last served model")
+            if wanted_default in new:
+                default = wanted_default
+            elif self._default in new:
+                default = self._default
+            else:
+                default = _choose_default(new, "", self._path or Path("."))
+            self._models, self._default = new, default
+        self._notify(added=add, removed=removed)
 
     def swap(self, name: str, model: LoadedModel | Scorer) -> LoadedModel:
         """Serve ``model`` under ``name`` atomically (adding or replacing); returns what is served."""
         if isinstance(model, Scorer):
             model = self.wrap(model)
         if model.name != name:
-            model = LoadedModel(
-                name, model.scorer, model.source, model.load_duration_s, model.drift, model.severity_names
-            )
+            model = dataclasses.replace(model, name=name)
         with self._write_lock:
             new = dict(self._models)
             old = new.get(name)

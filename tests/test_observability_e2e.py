@@ -59,11 +59,13 @@ SERVER_METRICS: dict[str, frozenset[str]] = {
     "aeguard_anomalies_total": MV | {"severity"},
     "aeguard_normalized_score_bucket": MV | {"le"},
     "aeguard_batch_size_samples_bucket": frozenset({"method", "le"}),
-    "aeguard_model_info": MV | {"coding_size", "n_features"},
+    # One series per worker process (label pid), so a roll-over shows who serves which version.
+    "aeguard_model_info": MV | {"coding_size", "n_features", "pid"},
     "aeguard_model_threshold": MV | {"threshold"},
     "aeguard_model_load_duration_seconds": frozenset({"model_name"}),
-    "aeguard_model_load_failures_total": frozenset(),
+    "aeguard_model_reloads_total": frozenset({"result"}),
     "aeguard_score_drift_psi": MV,
+    "aeguard_worker_processes": frozenset(),
 }
 
 
@@ -224,7 +226,7 @@ def stack(
         server = subprocess.Popen(
             [
                 *(sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_model_path)),
-                *("--port", "0", "--metrics-port", "0", "--drift-min-samples", "50"),
+                *("--port", "0", "--metrics-port", "0", "--drift-min-samples", "50", "--processes", "2"),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -102,7 +102,7 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
     intra, inter = config.intra_op_threads, config.inter_op_threads
     scorer = Scorer.load(model, intra_op_threads=intra, inter_op_threads=inter)
     meta = scorer.metadata
-    workers = _server_workers(args.server_arg, config.workers)
+    workers = _server_workers(args.server_arg, 4)  # the no-op server's thread pool
     cores = os.cpu_count() or 1
     print(
         f"\nserving benchmark: model {meta.name} {meta.version} ({meta.n_features} features, coding size "

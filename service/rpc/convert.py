@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,14 @@ def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
+def public_training(training: dict[str, Any]) -> dict[str, Any]:
+    """The training summary as clients see it: the data file's name, not its directory on the trainer."""
+    source = training.get("source")
+    if isinstance(source, str) and ("/" in source or "\\" in source):
+        return {**training, "source": PureWindowsPath(PurePosixPath(source).name).name}
+    return training
+
+
 def model_info(model: LoadedModel, is_default: bool) -> pb.ModelInfo:
     meta = model.metadata
     return pb.ModelInfo(
@@ -249,7 +258,7 @@ def model_info(model: LoadedModel, is_default: bool) -> pb.ModelInfo:
         ),
         is_default=is_default,
         architecture=_struct(meta.architecture),
-        training=_struct(meta.training),
+        training=_struct(public_training(meta.training)),
         evaluation=_struct(meta.evaluation),
         export=_struct(meta.export),
         created_at=meta.created_at,

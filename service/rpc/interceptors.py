@@ -28,6 +28,7 @@ import grpc
 from grpc.aio import AbortError
 
 from service import errors
+from service.auth import TokenFile
 from service.errors import truncate
 from service.metrics import Metrics, RpcSeries
 
@@ -39,12 +40,17 @@ STATUS_FOR: dict[type[errors.AeguardError], grpc.StatusCode] = {
     errors.DataError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotReadyError: grpc.StatusCode.UNAVAILABLE,
     errors.AeguardError: grpc.StatusCode.INTERNAL,
 }
 
 INTERNAL_MESSAGE = "internal error"
+#: The one answer to a missing or a wrong token: it must not say which.
+UNAUTHENTICATED_MESSAGE = "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'"
+#: Methods open without a token: probes must reach health whatever the token settings.
+OPEN_PREFIX = "/grpc.health.v1.Health/"
 
 
 def status_for(exc: errors.AeguardError) -> grpc.StatusCode:
@@ -111,9 +117,10 @@ class InstrumentedServer:
     server interceptor keeps the per-call work to one function call.
     """
 
-    def __init__(self, server: grpc.aio.Server, metrics: Metrics) -> None:
+    def __init__(self, server: grpc.aio.Server, metrics: Metrics, auth: TokenFile | None = None) -> None:
         self._server = server
         self._metrics = metrics
+        self._auth = auth
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self.client_errors = RateLimitedLog(log)
 
@@ -131,8 +138,11 @@ class InstrumentedServer:
         """The instrumented handler for ``/package.Service/Method`` (one per method)."""
         wrapped = self._wrapped.get(full_method)
         if wrapped is None:
+            guard = None
+            if self._auth is not None and not full_method.startswith(OPEN_PREFIX):
+                guard = _Guard(self._auth, self._metrics, self.client_errors)
             wrapped = self._wrapped[full_method] = _wrap(
-                self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler, self.client_errors
+                self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler, self.client_errors, guard
             )
         return wrapped
 
@@ -147,6 +157,26 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         return None if handler is None else self._owner.wrap(handler_call_details.method, handler)
 
 
+class _Guard:
+    """The token check of one method: raises UnauthenticatedError, counts and logs the failure."""
+
+    def __init__(self, auth: TokenFile, metrics: Metrics, client_errors: RateLimitedLog) -> None:
+        self._auth = auth
+        self._failures = metrics.auth_failures
+        self._client_errors = client_errors
+
+    def check(self, context: grpc.aio.ServicerContext) -> None:
+        metadata = context.invocation_metadata()
+        if self._auth.client(metadata) is not None:
+            return
+        reason = "missing" if not any(k == "authorization" for k, _ in metadata or ()) else "invalid"
+        self._failures.labels(reason).inc()
+        self._client_errors.warning(
+            "unauthenticated", "call refused: bad token", reason=reason, peer=context.peer()
+        )
+        raise errors.UnauthenticatedError(UNAUTHENTICATED_MESSAGE)
+
+
 def _request_type_name(handler: grpc.RpcMethodHandler) -> str:
     # Generated handlers pass `Message.FromString`; its __self__ is the message class.
     cls = getattr(handler.request_deserializer, "__self__", None)
@@ -154,18 +184,26 @@ def _request_type_name(handler: grpc.RpcMethodHandler) -> str:
     return descriptor.full_name if descriptor is not None else "request message"
 
 
-def _wrap(series: RpcSeries, handler: grpc.RpcMethodHandler, client_errors: RateLimitedLog) -> Any:
+def _wrap(
+    series: RpcSeries, handler: grpc.RpcMethodHandler, client_errors: RateLimitedLog, guard: _Guard | None
+) -> Any:
     handler = handler._replace(
         request_deserializer=_lenient(handler.request_deserializer, _request_type_name(handler))
     )
     if handler.unary_unary:
-        return handler._replace(unary_unary=_unary(handler.unary_unary, series, client_errors))
+        return handler._replace(unary_unary=_unary(handler.unary_unary, series, client_errors, guard))
     if handler.unary_stream:
-        return handler._replace(unary_stream=_streaming(handler.unary_stream, series, False, client_errors))
+        return handler._replace(
+            unary_stream=_streaming(handler.unary_stream, series, False, client_errors, guard)
+        )
     if handler.stream_stream:
-        return handler._replace(stream_stream=_streaming(handler.stream_stream, series, True, client_errors))
+        return handler._replace(
+            stream_stream=_streaming(handler.stream_stream, series, True, client_errors, guard)
+        )
     if handler.stream_unary:
-        return handler._replace(stream_unary=_client_streaming(handler.stream_unary, series, client_errors))
+        return handler._replace(
+            stream_unary=_client_streaming(handler.stream_unary, series, client_errors, guard)
+        )
     return handler
 
 
@@ -197,7 +235,9 @@ def _check_decoded(request: Any, series: RpcSeries, client_errors: RateLimitedLo
         raise request.error()
 
 
-def _unary(behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog) -> Any:
+def _unary(
+    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: _Guard | None
+) -> Any:
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
 
@@ -206,6 +246,8 @@ def _unary(behavior: Callable[..., Any], series: RpcSeries, client_errors: RateL
         in_flight.inc()
         cancelled = False
         try:
+            if guard is not None:
+                guard.check(context)
             _check_decoded(request, series, client_errors)
             return await behavior(request, context)
         except AbortError:
@@ -223,8 +265,10 @@ def _unary(behavior: Callable[..., Any], series: RpcSeries, client_errors: RateL
     return handle
 
 
-def _client_streaming(behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog) -> Any:
-    unary = _unary(behavior, series, client_errors)
+def _client_streaming(
+    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: _Guard | None
+) -> Any:
+    unary = _unary(behavior, series, client_errors, guard)
 
     async def handle(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         return await unary(_checked(request_iterator, series, client_errors), context)
@@ -241,7 +285,11 @@ async def _checked(
 
 
 def _streaming(
-    behavior: Callable[..., Any], series: RpcSeries, stream_in: bool, client_errors: RateLimitedLog
+    behavior: Callable[..., Any],
+    series: RpcSeries,
+    stream_in: bool,
+    client_errors: RateLimitedLog,
+    guard: _Guard | None,
 ) -> Any:
     """Streams: latency is per message, from taking a request to yielding its response.
 
@@ -250,20 +298,22 @@ def _streaming(
     """
     if not inspect.isasyncgenfunction(behavior):
         # A coroutine that answers with context.write (grpc's aio health Watch): timed as a whole.
-        return _unary(behavior, series, client_errors)
+        return _unary(behavior, series, client_errors, guard)
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started: collections.deque[float] = collections.deque()
-        if stream_in:
-            request = _timed(request, started, series, client_errors)
-        else:
-            _check_decoded(request, series, client_errors)
-            started.append(perf_counter())
         in_flight.inc()
         cancelled = False
         try:
+            if guard is not None:
+                guard.check(context)
+            if stream_in:
+                request = _timed(request, started, series, client_errors)
+            else:
+                _check_decoded(request, series, client_errors)
+                started.append(perf_counter())
             async for response in behavior(request, context):
                 yield response
                 if started:

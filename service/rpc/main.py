@@ -26,6 +26,7 @@ from service.config import ServerConfig
 if TYPE_CHECKING:
     from service.metrics import Metrics
     from service.model_store import ModelStore
+    from service.reloader import Reloader
     from service.rpc.server import ServerHandle
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Serving:
     models: list[str]
     default_model: str
     processes: int
+    health_port: int = -1
 
     def announce(self) -> None:
         print(json.dumps({"event": "serving", **dataclasses.asdict(self)}), flush=True)
@@ -161,14 +163,21 @@ def _serve_one_process(config: ServerConfig, on_ready: Callable[[Serving], None]
         handle.stop(0)
         raise
     handle.refresh_health()
+    reloader = start_reloader(handle, config)  # before announcing: a file published after it is seen
     serving = Serving(
-        config.host, handle.port, handle.metrics_port, [m.name for m in store.models()], store.default_name, 1
+        config.host,
+        handle.port,
+        handle.metrics_port,
+        [m.name for m in store.models()],
+        store.default_name,
+        1,
+        handle.health_port,
     )
     log.info("serving", extra={"models": serving.models, "default_model": serving.default_model})
     serving.announce()
     if on_ready is not None:
         on_ready(serving)
-    serve_until_signal(handle, config, stop, reload)
+    serve_until_signal(handle, config, stop, reload, reloader)
     return 0
 
 
@@ -186,6 +195,7 @@ def _serve_processes(config: ServerConfig, processes: int, on_ready: Callable[[S
             supervisor.models,
             supervisor.default_model,
             processes,
+            supervisor.health_port,
         )
         log.info("serving", extra={"models": serving.models, "processes": processes})
         serving.announce()
@@ -198,13 +208,39 @@ def _serve_processes(config: ServerConfig, processes: int, on_ready: Callable[[S
     return 0
 
 
+def start_reloader(handle: ServerHandle, config: ServerConfig) -> Reloader:
+    """Watch the model path, the TLS files and the tokens file of a running server (hot reload)."""
+    from service.reloader import Reloader, WatchedFiles
+
+    groups = []
+    if handle.tls is not None:
+        groups.append(WatchedFiles("TLS certificate files", handle.tls.paths, handle.tls.reload))
+    if handle.auth is not None:
+        groups.append(WatchedFiles("tokens file", [handle.auth.path], handle.auth.reload))
+    reloader = Reloader(
+        handle.store,
+        config.model,
+        default_model=config.default_model,
+        interval_s=config.reload_interval_s,
+        groups=groups,
+        on_model_reload=handle.metrics.model_reloaded,
+    )
+    reloader.start()
+    return reloader
+
+
 def serve_until_signal(
-    handle: ServerHandle, config: ServerConfig, stop: threading.Event, reload: threading.Event
+    handle: ServerHandle,
+    config: ServerConfig,
+    stop: threading.Event,
+    reload: threading.Event,
+    reloader: Reloader,
 ) -> None:
-    """Wait for SIGTERM/SIGINT (``stop``), answering SIGHUP (``reload``) meanwhile; then drain."""
+    """Reload on SIGHUP (``reload``) and every reload_interval_s; on SIGTERM/SIGINT (``stop``), drain."""
     while not stop.wait(0.2):  # wake up now and then so signals are handled promptly everywhere
         if reload.is_set():
             reload.clear()
-            log.info("SIGHUP received; nothing to reload in this version, serving on")
+            reloader.poke()
     log.info("signal received: draining", extra={"grace_s": config.grace_s})
+    reloader.stop()
     handle.stop(config.grace_s)

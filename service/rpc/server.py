@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from service.auth import TokenFile
 from service.config import ServerConfig
 from service.errors import NotReadyError
 from service.metrics import Metrics, ScrapeView, scrape_registry, serve_http
@@ -34,6 +35,7 @@ from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.interceptors import InstrumentedServer
 from service.rpc.servicer import SERVICE_NAME, AnomalyDetectorServicer
+from service.rpc.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class ServerHandle:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._housekeeping: asyncio.Task[None] | None = None
+        self.health_port = -1
+        self.health_server: grpc.aio.Server | None = None
+        #: Files re-read on reload (None when the setting is off).
+        self.tls: TlsFiles | None = None
+        self.auth: TokenFile | None = None
 
     # -- health -----------------------------------------------------------------------------------
     def refresh_health(self) -> bool:
@@ -132,8 +139,8 @@ class ServerHandle:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         await self.health.enter_graceful_shutdown()
-        if self.server is not None:
-            await self.server.stop(grace_s)
+        stops = [s.stop(grace_s) for s in (self.server, self.health_server) if s is not None]
+        await asyncio.gather(*stops)
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` has been called (or ``timeout_s``); True if stopped."""
@@ -179,6 +186,10 @@ def build_server(
     thread = threading.Thread(target=loop.run_forever, name="aeguard-loop", daemon=True)
     thread.start()
     handle = ServerHandle(config, store, metrics, loop, thread, ready)
+    if config.tls_cert:
+        handle.tls = TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca or None)
+    if config.auth_tokens_file:
+        handle.auth = TokenFile(config.auth_tokens_file)
     try:
         handle._call(_start(handle, reuse_port, publish_drift=not serve_metrics))
         if serve_metrics:
@@ -198,9 +209,31 @@ def build_server(
         raise
     log.info(
         "listening",
-        extra={"host": config.host, "port": handle.port, "metrics_port": handle.metrics_port},
+        extra={
+            "host": config.host,
+            "port": handle.port,
+            "metrics_port": handle.metrics_port,
+            "health_port": handle.health_port,
+            "tls": "mutual" if config.tls_client_ca else bool(config.tls_cert),
+            "tokens": len(handle.auth.current) if handle.auth else 0,
+        },
     )
     return handle
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
+    address = f"{host}:{port}"
+    try:
+        bound = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:
+        raise NotReadyError(f"cannot listen on {address} ({exc}); is the port in use?") from exc
+    if bound == 0:
+        raise NotReadyError(f"cannot listen on {address}; is the port in use?")
+    return bound
 
 
 async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) -> None:
@@ -216,7 +249,8 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    instrumented = InstrumentedServer(server, handle.metrics)  # error mapping and metrics on every method
+    # Error mapping, token checks and metrics on every method.
+    instrumented = InstrumentedServer(server, handle.metrics, handle.auth)
     pb_grpc.add_AnomalyDetectorServicer_to_server(
         AnomalyDetectorServicer(handle.store, handle.metrics, config.max_batch_rows, config.micro_batch_rows),
         instrumented,
@@ -227,13 +261,15 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
         instrumented,
     )
     host = f"[{config.host}]" if ":" in config.host else config.host
-    try:
-        port = server.add_insecure_port(f"{host}:{config.port}")
-    except RuntimeError as exc:
-        raise NotReadyError(f"cannot listen on {host}:{config.port} ({exc}); is the port in use?") from exc
-    if port == 0:
-        raise NotReadyError(f"cannot listen on {host}:{config.port}; is the port in use?")
-    handle.server, handle.port = server, port
+    credentials = handle.tls.credentials() if handle.tls is not None else None
+    handle.server, handle.port = server, _bind(server, host, config.port, credentials)
+    if config.health_port >= 0:
+        # Probes that speak neither TLS nor tokens (Kubernetes' gRPC probes): health, nothing else.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(handle.health, health_server)
+        handle.health_server = health_server
+        handle.health_port = _bind(health_server, host, config.health_port, None)
+        await health_server.start()
     await handle._refresh()
     await server.start()
     handle._housekeeping = asyncio.get_running_loop().create_task(handle._housekeep(publish_drift))

@@ -127,6 +127,8 @@ class Supervisor:
         self.default_model = ""
         self.port = 0
         self.metrics_port = 0
+        self.health_port = -1
+        self._health_sock: socket.socket | None = None
         self._metrics_dir = ""
         self._owns_metrics_dir = False
         self._sock: socket.socket | None = None
@@ -138,7 +140,10 @@ class Supervisor:
         self._prepare_metrics_dir()
         self._sock = reserve_port(self.config.host, self.config.port)
         self.port = self._sock.getsockname()[1]
-        self.config = dataclasses.replace(self.config, port=self.port)
+        if self.config.health_port >= 0:
+            self._health_sock = reserve_port(self.config.host, self.config.health_port)
+            self.health_port = self._health_sock.getsockname()[1]
+        self.config = dataclasses.replace(self.config, port=self.port, health_port=self.health_port)
         self._serve_metrics()
         for index in range(self.processes):
             self._spawn(index)
@@ -297,8 +302,9 @@ class Supervisor:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-        if self._sock is not None:
-            self._sock.close()
+        for sock in (self._sock, self._health_sock):
+            if sock is not None:
+                sock.close()
         if self._owns_metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         log.info("stopped", extra={"processes": self.processes})

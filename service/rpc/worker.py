@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def run_worker(config: ServerConfig, index: int, processes: int, events: Any, all_ready: Any) -> None:
     """The worker's whole life; ends the process (exit 0 after a drain, 2 if its models are refused)."""
     from service.errors import ModelLoadError
-    from service.rpc.main import configure_logging, make_store, serve_until_signal
+    from service.rpc.main import configure_logging, make_store, serve_until_signal, start_reloader
     from service.rpc.server import build_server
     from service.rpc.supervisor import install_signal_handlers
 
@@ -39,8 +39,9 @@ def run_worker(config: ServerConfig, index: int, processes: int, events: Any, al
     handle = build_server(
         config, store, metrics, ready=all_ready.is_set, reuse_port=True, serve_metrics=False
     )
+    reloader = start_reloader(handle, config)
     events.put(("ready", index, os.getpid(), [m.name for m in store.models()], store.default_name))
-    serve_until_signal(handle, config, stop, reload)
+    serve_until_signal(handle, config, stop, reload, reloader)
     logging.shutdown()
     # grpcio's own threads must not keep a drained worker alive.
     os._exit(0)
