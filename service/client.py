@@ -28,6 +28,7 @@ _ERROR_FOR: dict[grpc.StatusCode, type[errors.AeguardError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.LimitExceededError,
     grpc.StatusCode.FAILED_PRECONDITION: errors.ModelLoadError,
     grpc.StatusCode.UNAVAILABLE: errors.NotReadyError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
 }
 
 
@@ -90,6 +91,86 @@ def matrix(x: np.ndarray) -> pb.Matrix:
     return pb.Matrix(rows=x.shape[0], cols=x.shape[1], raw=np.ascontiguousarray(x, dtype="<f4").tobytes())
 
 
+@dataclass(frozen=True)
+class Security:
+    """How to reach a server that speaks TLS or wants a token. Every field is optional.
+
+    ``tls`` (or any TLS file) makes the channel TLS; the server's certificate is checked against
+    ``tls_ca`` (a PEM bundle), or the system's roots without it. ``tls_cert`` / ``tls_key`` are the
+    client's own certificate for mutual TLS. ``token`` is sent as ``authorization: Bearer <token>``
+    on every call. ``server_name`` overrides the name checked in the server's certificate.
+    """
+
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    token: str = ""
+    server_name: str = ""
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca or self.tls_cert or self.tls_key)
+
+    def channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        """A channel to ``target`` with these settings."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise errors.InvalidInputError(
+                "a client certificate and its key go together: give both or neither"
+            )
+        if self.uses_tls:
+            try:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=_read(self.tls_ca),
+                    private_key=_read(self.tls_key),
+                    certificate_chain=_read(self.tls_cert),
+                )
+            except OSError as exc:
+                raise errors.InvalidInputError(f"cannot read a TLS file: {exc}") from None
+            if self.server_name:
+                options = [*options, ("grpc.ssl_target_name_override", self.server_name)]
+            channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        if self.token:
+            channel = grpc.intercept_channel(channel, _BearerToken(self.token))
+        return channel
+
+
+def _read(path: str) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
 class Client:
     """Blocking client for one server. Thread-safe; use as a context manager or call :meth:`close`."""
 
@@ -100,12 +181,13 @@ class Client:
         timeout_s: float = 30.0,
         max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
         channel: grpc.Channel | None = None,
+        security: Security | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = channel or grpc.insecure_channel(
+        self._channel = channel or (security or Security()).channel(
             target,
-            options=[
+            [
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],

@@ -18,12 +18,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from serve_support import Served, start_serve, value
 
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.scorer import Scorer
-from tests.serve_support import Served, start_serve, value
 
 IN_FLIGHT = 32
 RELOADS = 20

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serve_support import scrape, value
+from tls_support import Pki, make_pki
 
 from service.config import ServerConfig
 from service.errors import ModelLoadError
@@ -19,8 +21,6 @@ from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.server import ServerHandle, build_server
-from tests.serve_support import scrape, value
-from tests.tls_support import Pki, make_pki
 
 TOKEN = "s3cret-token-for-the-tests-0123456789"
 OTHER_TOKEN = "another-token-for-the-tests-9876543210"
@@ -226,3 +226,31 @@ def test_bad_tls_and_token_settings_are_refused_with_a_clear_message(tiny_model_
         serve(tiny_model_path, auth_tokens_file=str(short))
     with pytest.raises(Exception, match=r"the key must match the certificate"):
         serve(tiny_model_path, tls_cert=str(pki.server_cert), tls_key=str(pki.client_key))
+
+
+def test_the_python_client_and_the_batch_job_speak_mtls_with_a_token(mtls_server, pki, tmp_path, capsys):
+    from batch_support import score, summary_json
+
+    from service.client import Client, Security
+    from service.errors import UnauthenticatedError
+
+    target = f"127.0.0.1:{mtls_server.port}"
+    tls = {"tls_ca": str(pki.ca), "tls_cert": str(pki.client_cert), "tls_key": str(pki.client_key)}
+    with Client(target, security=Security(**tls, token=TOKEN), timeout_s=10) as client:
+        assert len(client.score(np.zeros((3, 8)))) == 3
+        assert client.model_info().name == "tiny"
+    with (
+        Client(target, security=Security(**tls), timeout_s=10) as client,
+        pytest.raises(UnauthenticatedError),
+    ):
+        client.score(np.zeros((1, 8)))
+    rows = tmp_path / "in.csv"
+    rows.write_text("f0,f1,f2,f3,f4,f5,f6,f7\n" + "1,2,3,4,5,6,7,8\n" * 5)
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    args = ["--target", target, "--input", rows, "--output", tmp_path / "out.csv", "--json"]
+    tls_args = ["--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key]
+    assert score(*args, *tls_args, "--token-file", token_file) == 0
+    assert summary_json(capsys.readouterr().out)["rows"] == 5
+    assert score(*args, *tls_args) == 2  # no token: refused, one clear line
+    assert "missing or invalid bearer token" in capsys.readouterr().err

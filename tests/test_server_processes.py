@@ -15,10 +15,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serve_support import Served, series, start_serve, value
 
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
-from tests.serve_support import Served, series, start_serve, value
 
 NO_PROXY = [("grpc.enable_http_proxy", 0)]
 

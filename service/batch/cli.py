@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, BatchConfig
 from service.batch.summary import Summary
@@ -68,6 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --target: seconds to wait for the server to accept the connection (default 10)",
     )
     parser.add_argument(
+        "--tls", action="store_true", help="with --target: TLS, the server checked against the system's CAs"
+    )
+    parser.add_argument("--tls-ca", default="", metavar="PEM", help="with --target: CA of the server (TLS)")
+    parser.add_argument(
+        "--tls-cert", default="", metavar="PEM", help="with --target: client certificate (mutual TLS)"
+    )
+    parser.add_argument("--tls-key", default="", metavar="PEM", help="with --target: key of --tls-cert")
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="with --target: file holding the bearer token (default: the AEGUARD_TOKEN variable)",
+    )
+    parser.add_argument(
         "--chunk-rows",
         type=_positive,
         default=DEFAULT_CHUNK_ROWS,
@@ -107,6 +122,9 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         raise InvalidInputError("--model is required (unless --target scores through a server)")
     if args.master and args.engine != "spark":
         raise InvalidInputError("--master only applies to --engine spark")
+    remote = (args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.token_file)
+    if any(remote) and not args.target:
+        raise InvalidInputError("--tls, --tls-ca, --tls-cert, --tls-key and --token-file need --target")
     return BatchConfig(
         model_path=args.model or "",
         input_path=args.input,
@@ -117,6 +135,11 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         model_name=args.model_name,
         remote_batch_rows=args.remote_batch_rows,
         connect_timeout_s=args.connect_timeout_s,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=_token(args.token_file) if args.target else "",
         chunk_rows=args.chunk_rows,
         id_column=args.id_column,
         keep_columns=tuple(c.strip() for c in args.keep_columns.split(",") if c.strip()),
@@ -126,6 +149,20 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         pushgateway=args.pushgateway,
         progress=not args.no_progress and not args.json,
     )
+
+
+def _token(path: str | None) -> str:
+    """The bearer token: the first non-comment line of ``path``, else ``AEGUARD_TOKEN``, else none."""
+    if not path:
+        return os.environ.get("AEGUARD_TOKEN", "").strip()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise InvalidInputError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
+    token = next((x.strip() for x in lines if x.strip() and not x.startswith("#")), "")
+    if not token:
+        raise InvalidInputError(f"--token-file {path}: no token in it")
+    return token
 
 
 def run_job(config: BatchConfig) -> Summary:
@@ -138,6 +175,7 @@ def run_job(config: BatchConfig) -> Summary:
 
     if config.target:
         from service.batch.remote import RemoteScorer
+        from service.client import Security
 
         with RemoteScorer.connect(
             config.target,
@@ -145,6 +183,13 @@ def run_job(config: BatchConfig) -> Summary:
             feature_errors=config.top_k > 0,
             batch_rows=config.remote_batch_rows,
             connect_timeout_s=config.connect_timeout_s,
+            security=Security(
+                tls=config.tls,
+                tls_ca=config.tls_ca,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                token=config.token,
+            ),
         ) as remote:
             return score_file(config, remote.metadata, remote.score, engine=f"remote {config.target}")
     from service.scorer import Scorer

@@ -34,6 +34,16 @@ class BatchConfig:
     """Rows per ScoreStream request (``target`` only)."""
     connect_timeout_s: float = 10.0
     """How long to wait for the server to accept a connection (``target`` only)."""
+    tls: bool = False
+    """Reach ``target`` over TLS, checking its certificate against the system's roots or ``tls_ca``."""
+    tls_ca: str = ""
+    """PEM CA bundle that signed the server's certificate (implies TLS)."""
+    tls_cert: str = ""
+    """This job's PEM client certificate, for a server that requires mutual TLS."""
+    tls_key: str = ""
+    """The PEM private key of ``tls_cert``."""
+    token: str = ""
+    """Bearer token for a server with --auth-tokens-file (read from --token-file or AEGUARD_TOKEN)."""
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     """Rows per chunk; peak memory grows with this, not with the input."""
     id_column: str | None = None

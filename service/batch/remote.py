@@ -17,7 +17,7 @@ import numpy as np
 from service import artifact
 from service.artifact import ModelMetadata, ScoreDistribution, Threshold
 from service.batch.config import DEFAULT_REMOTE_BATCH_ROWS
-from service.client import Client, Scores, StreamError
+from service.client import Client, Scores, Security, StreamError
 from service.errors import AeguardError
 from service.rpc.api import aeguard_pb2 as pb
 from service.scorer import ScoreBatch
@@ -70,9 +70,10 @@ class RemoteScorer:
         feature_errors: bool,
         batch_rows: int = DEFAULT_REMOTE_BATCH_ROWS,
         connect_timeout_s: float = 10.0,
+        security: Security | None = None,
     ) -> RemoteScorer:
         """Connect to ``target``, fetch the model's description and open the stream."""
-        client = Client(target)
+        client = Client(target, security=security)
         try:
             client.wait_ready(connect_timeout_s)
             info = client.model_info(model or "")
