@@ -1,7 +1,8 @@
 """Container health check: ask the local server's grpc.health.v1 service; exit 0 only if SERVING.
 
 Used by the image's HEALTHCHECK (Docker, compose). Kubernetes uses its native gRPC probes instead.
-Reads the port from ``AEGUARD_PORT`` (default 50051); an optional argument names the health
+Asks the plaintext health-only port ``AEGUARD_HEALTH_PORT`` when it is set (needed when the main
+port speaks TLS), else ``AEGUARD_PORT`` (default 50051); an optional argument names the health
 service to ask (default: the overall server status, "").
 """
 
@@ -35,7 +36,9 @@ def check(target: str, service: str = "", timeout_s: float = TIMEOUT_S) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    target = f"127.0.0.1:{os.environ.get('AEGUARD_PORT', '50051')}"
+    health_port = int(os.environ.get("AEGUARD_HEALTH_PORT", "-1"))
+    port = health_port if health_port > 0 else int(os.environ.get("AEGUARD_PORT", "50051"))
+    target = f"127.0.0.1:{port}"
     return 0 if check(target, argv[0] if argv else "") else 1
 
 

@@ -164,7 +164,7 @@ class ModelStore:
         """
         path = Path(path)
         if path.is_dir():
-            files = sorted(path.glob("*.onnx"))
+            files = model_files_in(path)
             if not files:
                 raise ModelLoadError(f"{path}: no .onnx files in this directory")
         elif path.exists():
@@ -244,6 +244,11 @@ class ModelStore:
                 listener.model_unloaded(model)
             for model in added:
                 listener.model_loaded(model)
+
+
+def model_files_in(directory: Path) -> list[Path]:
+    """A directory's model files: ``*.onnx``, except hidden ones (a publisher's ``.x.onnx`` in progress)."""
+    return sorted(f for f in directory.glob("*.onnx") if not f.name.startswith("."))
 
 
 def _choose_default(loaded: dict[str, LoadedModel], wanted: str, path: Path) -> str:

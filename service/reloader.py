@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import AeguardError, ModelLoadError
-from service.model_store import FileState, LoadedModel, ModelStore, file_state
+from service.model_store import FileState, LoadedModel, ModelStore, file_state, model_files_in
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ SETTLE_S = 0.3
 
 def model_files(path: Path) -> dict[Path, FileState]:
     """The model files under ``path`` (itself, or a directory's ``*.onnx``) and their states."""
-    files = sorted(path.glob("*.onnx")) if path.is_dir() else [path]
+    files = model_files_in(path) if path.is_dir() else [path]
     return {f: state for f in files if (state := file_state(f)) is not None}
 
 

@@ -259,11 +259,12 @@ def test_deployment_settings_agree_with_the_server_config(rendered: dict) -> Non
     # Every value parses as the server would parse it.
     config = ServerConfig.from_sources({}, environ=env)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    assert ports == {"grpc": config.port, "metrics": config.metrics_port, "health": config.health_port}
     assert config.host == "0.0.0.0", "a container must listen beyond loopback"
-    # Native gRPC probes on the gRPC port.
+    # TLS and tokens on the gRPC port, so the native gRPC probes ask the plaintext health-only port.
+    assert config.tls_cert and config.tls_key and config.auth_tokens_file
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == config.port, probe
+        assert c[probe]["grpc"]["port"] == config.health_port, probe
     assert c["readinessProbe"]["grpc"]["service"] == "aeguard.v1.AnomalyDetector"
     # Kubernetes must not kill the pod while it drains.
     pre_stop_s = c["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -276,6 +277,38 @@ def test_deployment_settings_agree_with_the_server_config(rendered: dict) -> Non
     assert volume["persistentVolumeClaim"]["claimName"] in {
         n for k, n in rendered if k == "PersistentVolumeClaim"
     }
+    # The TLS and token files come from the Secrets that secrets.example.yaml shows how to make.
+    secrets = {
+        d["metadata"]["name"]: d for d in yaml.safe_load_all((K8S / "secrets.example.yaml").read_text())
+    }
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    for setting in (config.tls_cert, config.tls_key, config.auth_tokens_file):
+        path = Path(setting)
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(path.parent))
+        assert mount["readOnly"] is True
+        secret = secrets[volumes[mount["name"]]["secret"]["secretName"]]
+        assert path.name in secret["stringData"], (
+            f"{setting} is not a key of Secret {secret['metadata']['name']}"
+        )
+
+
+@pytest.mark.parametrize("example", ["secrets.example.yaml", "publish-model.example.yaml"])
+def test_example_manifests_pass_kubernetes_validate_strict(example: str) -> None:
+    result = run(tool("kubernetes-validate"), "--strict", str(K8S / example))
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = [d for d in yaml.safe_load_all((K8S / example).read_text()) if d]
+    assert result.stdout.count("passed for resource") == len(docs), result.stdout
+
+
+def test_the_publish_example_writes_beside_then_renames() -> None:
+    job = read_yaml(K8S / "publish-model.example.yaml")
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    copy, check, rename = (line.strip() for line in script.split(";")[1:4])
+    assert copy.startswith("cp ") and copy.endswith("/models/.model.onnx.partial")
+    assert check.startswith("aeguard inspect /models/.model.onnx.partial")
+    assert rename == "mv /models/.model.onnx.partial /models/model.onnx"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "aeguard-models"
 
 
 @pytest.mark.parametrize("kind,name", [("Deployment", "aeguard"), ("CronJob", "aeguard-score")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,3 +255,40 @@ def test_the_python_client_and_the_batch_job_speak_mtls_with_a_token(mtls_server
     assert summary_json(capsys.readouterr().out)["rows"] == 5
     assert score(*args, *tls_args) == 2  # no token: refused, one clear line
     assert "missing or invalid bearer token" in capsys.readouterr().err
+
+
+def test_the_compose_stacks_secrets_and_settings_serve_tls_tokens_and_probes(tiny_model_path, tmp_path):
+    """deploy/dev-secrets.sh makes what deploy/compose.yaml's settings need, and a real server accepts it."""
+    import subprocess
+
+    import yaml
+
+    from service.client import Client, Security
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "deploy" / "dev-secrets.sh", tmp_path / "dev-secrets.sh")
+    subprocess.run(["sh", str(tmp_path / "dev-secrets.sh")], check=True, capture_output=True, timeout=60)
+    secrets = tmp_path / "secrets"
+    env = yaml.safe_load((repo / "deploy" / "compose.yaml").read_text())["services"]["aeguard"]["environment"]
+    settings = {
+        "tls_cert": env["AEGUARD_TLS_CERT"].replace("/secrets", str(secrets)),
+        "tls_key": env["AEGUARD_TLS_KEY"].replace("/secrets", str(secrets)),
+        "auth_tokens_file": env["AEGUARD_AUTH_TOKENS_FILE"].replace("/secrets", str(secrets)),
+        "health_port": 0,
+    }
+    handle = serve(tiny_model_path, **settings)
+    try:
+        token = (secrets / "client-token").read_text().strip()
+        security = Security(tls_ca=str(secrets / "ca.crt"), token=token)
+        with Client(f"localhost:{handle.port}", security=security, timeout_s=10) as client:
+            assert len(client.score(np.zeros((2, 8)))) == 2
+        healthcheck = subprocess.run(
+            [sys.executable, str(repo / "deploy" / "healthcheck.py")],
+            env={"AEGUARD_HEALTH_PORT": str(handle.health_port), "AEGUARD_PORT": str(handle.port)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert healthcheck.returncode == 0, healthcheck.stderr
+    finally:
+        handle.stop(0)
