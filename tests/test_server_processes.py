@@ -231,3 +231,69 @@ def test_sighup_is_survived_and_sigterm_after_undecodable_streams_exits_in_time(
     messages = [e["message"] for e in server.logs()]
     assert any("SIGHUP" in m for m in messages)
     assert "stopped" in messages
+
+
+def test_drift_is_the_psi_of_every_workers_recent_scores(tiny_model_path, tiny_dataset):
+    server = start_serve(
+        "--model",
+        str(tiny_model_path),
+        "--processes",
+        "2",
+        "--drift-window",
+        "400",
+        "--drift-min-samples",
+        "100",
+    )
+    labels = {"model_name": "tiny", "model_version": "1"}
+    try:
+        assert np.isnan(value(server.scrape(), "aeguard_score_drift_psi", **labels))  # no scores yet
+        for i in range(8):  # fresh channels: both workers score some of the normal rows
+            with grpc.insecure_channel(server.target, options=NO_PROXY) as ch:
+                pb_grpc.AnomalyDetectorStub(ch).Score(raw_request(tiny_dataset.normal[i * 50 : i * 50 + 50]))
+        wait_until(
+            lambda: np.isfinite(value(server.scrape(), "aeguard_score_drift_psi", **labels)), what="drift"
+        )
+        calm = value(server.scrape(), "aeguard_score_drift_psi", **labels)
+        anomalies = np.tile(tiny_dataset.anomalies, (10, 1))[:400]
+        for i in range(8):
+            with grpc.insecure_channel(server.target, options=NO_PROXY) as ch:
+                pb_grpc.AnomalyDetectorStub(ch).Score(raw_request(anomalies[i * 50 : i * 50 + 50]))
+        wait_until(lambda: value(server.scrape(), "aeguard_score_drift_psi", **labels) > 1.0, what="drift")
+        assert calm < 0.5
+    finally:
+        assert server.stop() == 0
+
+
+def test_calls_accepted_before_sigterm_finish_and_none_is_cancelled(tiny_model_path, tiny_dataset):
+    server = start_serve("--model", str(tiny_model_path), "--processes", "2", "--grace-s", "5")
+    codes: list[str] = []
+    lock = threading.Lock()
+    x = tiny_dataset.X[:64]
+
+    def caller() -> None:  # keeps calling through SIGTERM until the server is gone
+        with grpc.insecure_channel(server.target, options=NO_PROXY) as ch:
+            stub = pb_grpc.AnomalyDetectorStub(ch)
+            for _ in range(10_000):
+                try:
+                    stub.Score(raw_request(x), timeout=30)
+                    code = "OK"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                with lock:
+                    codes.append(code)
+                if code != "OK":
+                    return
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0
+    for t in threads:
+        t.join(timeout=30)
+    counts = {c: codes.count(c) for c in set(codes)}
+    print(f"calls around SIGTERM: {counts}")
+    assert counts.get("OK", 0) > 100
+    # Refused once draining (UNAVAILABLE), never cancelled mid-call.
+    assert set(counts) <= {"OK", "UNAVAILABLE"}, counts

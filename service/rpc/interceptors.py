@@ -123,6 +123,12 @@ class InstrumentedServer:
         self._auth = auth
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self.client_errors = RateLimitedLog(log)
+        #: Calls being handled now (all methods), and when the last one started (perf_counter).
+        #: Only the event loop's thread touches them.
+        self.active = 0
+        self.last_start = 0.0
+        #: Set when a drain starts: new calls (but health) are refused with UNAVAILABLE.
+        self.draining = False
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self) for h in handlers))
@@ -138,9 +144,8 @@ class InstrumentedServer:
         """The instrumented handler for ``/package.Service/Method`` (one per method)."""
         wrapped = self._wrapped.get(full_method)
         if wrapped is None:
-            guard = None
-            if self._auth is not None and not full_method.startswith(OPEN_PREFIX):
-                guard = _Guard(self._auth, self._metrics, self.client_errors)
+            is_open = full_method.startswith(OPEN_PREFIX)
+            guard = _Guard(self, None if is_open else self._auth, is_open)
             wrapped = self._wrapped[full_method] = _wrap(
                 self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler, self.client_errors, guard
             )
@@ -158,14 +163,20 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
 
 
 class _Guard:
-    """The token check of one method: raises UnauthenticatedError, counts and logs the failure."""
+    """Admission for one method: refused while draining (but health), and the token check."""
 
-    def __init__(self, auth: TokenFile, metrics: Metrics, client_errors: RateLimitedLog) -> None:
+    def __init__(self, owner: InstrumentedServer, auth: TokenFile | None, is_open: bool) -> None:
+        self.owner = owner
         self._auth = auth
-        self._failures = metrics.auth_failures
-        self._client_errors = client_errors
+        self._is_open = is_open
+        self._failures = owner._metrics.auth_failures
+        self._client_errors = owner.client_errors
 
     def check(self, context: grpc.aio.ServicerContext) -> None:
+        if self.owner.draining and not self._is_open:
+            raise errors.NotReadyError("the server is shutting down; retry (another replica will answer)")
+        if self._auth is None:
+            return
         metadata = context.invocation_metadata()
         if self._auth.client(metadata) is not None:
             return
@@ -185,7 +196,7 @@ def _request_type_name(handler: grpc.RpcMethodHandler) -> str:
 
 
 def _wrap(
-    series: RpcSeries, handler: grpc.RpcMethodHandler, client_errors: RateLimitedLog, guard: _Guard | None
+    series: RpcSeries, handler: grpc.RpcMethodHandler, client_errors: RateLimitedLog, guard: _Guard
 ) -> Any:
     handler = handler._replace(
         request_deserializer=_lenient(handler.request_deserializer, _request_type_name(handler))
@@ -236,18 +247,19 @@ def _check_decoded(request: Any, series: RpcSeries, client_errors: RateLimitedLo
 
 
 def _unary(
-    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: _Guard | None
+    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: _Guard
 ) -> Any:
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
+    owner = guard.owner
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = perf_counter()
+        start = owner.last_start = perf_counter()
         in_flight.inc()
+        owner.active += 1
         cancelled = False
         try:
-            if guard is not None:
-                guard.check(context)
+            guard.check(context)
             _check_decoded(request, series, client_errors)
             return await behavior(request, context)
         except AbortError:
@@ -258,6 +270,7 @@ def _unary(
                 raise
             await _abort(context, exc, series, client_errors)
         finally:
+            owner.active -= 1
             in_flight.dec()
             duration.observe(perf_counter() - start)
             series.finished(_outcome(context, cancelled))
@@ -266,7 +279,7 @@ def _unary(
 
 
 def _client_streaming(
-    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: _Guard | None
+    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: _Guard
 ) -> Any:
     unary = _unary(behavior, series, client_errors, guard)
 
@@ -289,7 +302,7 @@ def _streaming(
     series: RpcSeries,
     stream_in: bool,
     client_errors: RateLimitedLog,
-    guard: _Guard | None,
+    guard: _Guard,
 ) -> Any:
     """Streams: latency is per message, from taking a request to yielding its response.
 
@@ -301,14 +314,16 @@ def _streaming(
         return _unary(behavior, series, client_errors, guard)
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
+    owner = guard.owner
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started: collections.deque[float] = collections.deque()
+        owner.last_start = perf_counter()
         in_flight.inc()
+        owner.active += 1
         cancelled = False
         try:
-            if guard is not None:
-                guard.check(context)
+            guard.check(context)
             if stream_in:
                 request = _timed(request, started, series, client_errors)
             else:
@@ -328,6 +343,7 @@ def _streaming(
                 raise
             await _abort(context, exc, series, client_errors)
         finally:
+            owner.active -= 1
             in_flight.dec()
             series.finished(_outcome(context, cancelled))
 

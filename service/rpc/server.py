@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -45,6 +46,10 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 STOP_SLACK_S = 3.0
 #: How often the loop checks the ready gate and publishes drift windows (multiprocess mode).
 HOUSEKEEPING_S = 0.5
+#: How often a drain checks whether the calls in flight have finished.
+DRAIN_POLL_S = 0.01
+#: A drain shuts grpc down once no call has started for this long (or the grace period is over).
+DRAIN_QUIET_S = 0.1
 
 
 class ServerHandle:
@@ -77,6 +82,7 @@ class ServerHandle:
         self._housekeeping: asyncio.Task[None] | None = None
         self.health_port = -1
         self.health_server: grpc.aio.Server | None = None
+        self.instrumented: InstrumentedServer | None = None
         #: Files re-read on reload (None when the setting is off).
         self.tls: TlsFiles | None = None
         self.auth: TokenFile | None = None
@@ -139,8 +145,30 @@ class ServerHandle:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         await self.health.enter_graceful_shutdown()
-        stops = [s.stop(grace_s) for s in (self.server, self.health_server) if s is not None]
+        # Refuse new calls ourselves (UNAVAILABLE, counted) while the ones in flight finish and until
+        # no call has come in for DRAIN_QUIET_S, and only then shut grpc down: grpcio cancels calls
+        # that reached it but no handler yet, so shutting down at once turned the calls that
+        # arrived around SIGTERM into CANCELLED.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace_s or 0)
+        if self.instrumented is not None:
+            calls = self.instrumented
+            calls.draining = True
+            while loop.time() < deadline and (
+                calls.active > self._open_streams() or time.perf_counter() - calls.last_start < DRAIN_QUIET_S
+            ):
+                await asyncio.sleep(DRAIN_POLL_S)
+        remaining = max(DRAIN_POLL_S, deadline - loop.time())
+        stops = [s.stop(remaining) for s in (self.server, self.health_server) if s is not None]
         await asyncio.gather(*stops)
+
+    def _open_streams(self) -> int:
+        """Health Watch streams never end by themselves: they must not hold the drain up."""
+        for family in self.metrics.rpc_in_flight.collect():
+            for s in family.samples:
+                if s.labels.get("method") == "Watch":
+                    return int(s.value)
+        return 0
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` has been called (or ``timeout_s``); True if stopped."""
@@ -250,7 +278,7 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
     # Error mapping, token checks and metrics on every method.
-    instrumented = InstrumentedServer(server, handle.metrics, handle.auth)
+    instrumented = handle.instrumented = InstrumentedServer(server, handle.metrics, handle.auth)
     pb_grpc.add_AnomalyDetectorServicer_to_server(
         AnomalyDetectorServicer(handle.store, handle.metrics, config.max_batch_rows, config.micro_batch_rows),
         instrumented,
