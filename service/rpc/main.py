@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -88,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # grpc core logs each failed TLS handshake at INFO: a client must not control the log volume.
+    # Inherited by the worker processes; an operator can still set GRPC_VERBOSITY themselves.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     configure_logging(getattr(args, "verbose", False))
     values = {k: v for k, v in vars(args).items() if k in ServerConfig.__dataclass_fields__}
     config = ServerConfig.from_sources(values)
