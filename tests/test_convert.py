@@ -150,3 +150,63 @@ def test_large_plain_responses_take_the_numpy_path_with_identical_results(model,
 def test_numpy_encoder_matches_the_current_proto_layout():
     # If the proto changes, the fast path switches itself off; this test says when that happened.
     assert convert._WIRE_LAYOUT_OK
+
+
+def columns_as_arrays(cols: pb.ColumnarResults) -> dict[str, np.ndarray]:
+    """The columns of a ColumnarResults as numpy arrays, read the way the proto documents them."""
+    n, k = cols.rows, cols.top_k
+    return {
+        "score": np.frombuffer(cols.scores, "<f4"),
+        "normalized_score": np.frombuffer(cols.normalized_scores, "<f4"),
+        "is_anomaly": np.frombuffer(cols.is_anomaly, "u1"),
+        "severity": np.frombuffer(cols.severity, "<u4"),
+        "top_indices": np.frombuffer(cols.top_feature_indices, "<u4").reshape(n, k),
+        "top_errors": np.frombuffer(cols.top_feature_errors, "<f4").reshape(n, k),
+        "top_shares": np.frombuffer(cols.top_feature_shares, "<f4").reshape(n, k),
+    }
+
+
+@pytest.mark.parametrize(
+    ("top_k", "feature_errors"), [(0, False), (3, True), (3, False), (0, True), (99, True)]
+)
+def test_columnar_response_equals_the_per_sample_one(model, tiny_dataset, top_k, feature_errors):
+    x = np.concatenate([tiny_dataset.normal[:30], tiny_dataset.anomalies[:30]])
+    batch = model.scorer.score(x, with_feature_errors=bool(top_k or feature_errors))
+    assert len(set(batch.severity_level.tolist())) == 3  # none, warning and critical all present
+    fields = {"top_k": top_k, "feature_errors": feature_errors, "request_id": "c1"}
+    per_sample = convert.score_response(pb.ScoreRequest(**fields), model, batch)
+    resp = convert.score_response(pb.ScoreRequest(columnar=True, **fields), model, batch)
+    assert (resp.model, resp.model_version, resp.request_id) == ("tiny", "1", "c1")
+    assert not resp.results and resp.HasField("columns") and not resp.HasField("error")
+    cols = resp.columns
+    c = columns_as_arrays(cols)
+    n = len(x)
+    assert cols.rows == n and list(cols.severity_names) == ["none", "warning", "critical"]
+    results = per_sample.results
+    # float32 on both wires: the same bits, so exact equality.
+    np.testing.assert_array_equal(c["score"], [r.score for r in results])
+    np.testing.assert_array_equal(c["normalized_score"], [r.normalized_score for r in results])
+    assert c["is_anomaly"].tolist() == [int(r.is_anomaly) for r in results]
+    assert [cols.severity_names[s] for s in c["severity"]] == [r.severity for r in results]
+    assert cols.top_k == min(top_k, 8)
+    names = model.metadata.feature_names
+    for i, r in enumerate(results):
+        assert [names[j] for j in c["top_indices"][i]] == [f.name for f in r.top_features]
+        assert c["top_errors"][i].tolist() == [f.error for f in r.top_features]
+        assert c["top_shares"][i].tolist() == [f.share for f in r.top_features]
+    if feature_errors:
+        fe = cols.feature_errors
+        assert (fe.rows, fe.cols, len(fe.values)) == (n, 8, 0)
+        matrix = np.frombuffer(fe.raw, "<f4").reshape(n, 8)
+        np.testing.assert_array_equal(matrix, [list(r.feature_errors) for r in results])
+    else:
+        assert not cols.HasField("feature_errors")
+
+
+def test_top_feature_columns_break_ties_by_feature_order_and_share_zero_totals():
+    fe = np.array([[1.0, 3.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    indices, errors, shares = convert.top_feature_columns(fe, 3)
+    assert indices.tolist() == [[1, 2, 0], [0, 1, 2]]
+    assert errors.tolist() == [[3.0, 3.0, 1.0], [0.0, 0.0, 0.0]]
+    np.testing.assert_allclose(shares, [[3 / 7, 3 / 7, 1 / 7], [0.0, 0.0, 0.0]])
+    assert convert.top_feature_columns(fe, 10)[0].shape == (2, 4)  # k above the width: every feature

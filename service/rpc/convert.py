@@ -174,8 +174,65 @@ def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | No
     return rows[valid[levels]].tobytes()  # row-major: each row's real bytes, in order
 
 
+def top_feature_columns(feature_errors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the ``k`` largest errors as ``[n, k]`` matrices: feature indices, errors, shares.
+
+    Vectorised :func:`service.scorer.top_features` with the same numbers: ties go to the lower
+    feature index, and the share is computed in float64 from the float32 error and row total,
+    so after the float32 round trip it equals the per-sample result bit for bit.
+    """
+    k = max(0, min(k, feature_errors.shape[1]))
+    order = np.argsort(-feature_errors, axis=1, kind="stable")[:, :k]
+    errors = np.take_along_axis(feature_errors, order, axis=1)
+    totals = feature_errors.sum(axis=1).astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero total gives share 0, as per sample
+        shares = np.where(totals > 0, errors.astype(np.float64) / totals, 0.0)
+    return order, errors, shares
+
+
+def _le_bytes(a: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(a, dtype=dtype).tobytes()
+
+
+def columnar_results(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch) -> pb.ColumnarResults:
+    """The batch's results as packed little-endian columns (``ScoreRequest.columnar``).
+
+    Every column is one ``tobytes()``: no per-sample Python work. Filling packed repeated fields
+    instead costs about 20 ns per number under upb (``docs/serving-columnar.md``), which at batch
+    4096 is a tenth of the time onnxruntime needs to score the batch.
+    """
+    fe = batch.feature_errors
+    extra: dict[str, Any] = {}
+    if request.top_k and fe is not None:
+        indices, errors, shares = top_feature_columns(fe, request.top_k)
+        extra.update(
+            top_k=indices.shape[1],
+            top_feature_indices=_le_bytes(indices, "<u4"),
+            top_feature_errors=_le_bytes(errors, "<f4"),
+            top_feature_shares=_le_bytes(shares, "<f4"),
+        )
+    if request.feature_errors and fe is not None:
+        extra["feature_errors"] = pb.Matrix(rows=fe.shape[0], cols=fe.shape[1], raw=_le_bytes(fe, "<f4"))
+    return pb.ColumnarResults(
+        rows=len(batch.score),
+        scores=_le_bytes(batch.score, "<f4"),
+        normalized_scores=_le_bytes(batch.normalized_score, "<f4"),
+        is_anomaly=_le_bytes(batch.is_anomaly, "u1"),
+        severity=_le_bytes(batch.severity_level, "<u4"),
+        severity_names=model.severity_names,
+        **extra,
+    )
+
+
 def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch) -> pb.ScoreResponse:
-    """One SampleResult per row, in order."""
+    """Packed columns when ``request.columnar``, else one SampleResult per row, in order."""
+    if request.columnar:
+        return pb.ScoreResponse(
+            model=model.name,
+            model_version=model.version,
+            request_id=request.request_id,
+            columns=columnar_results(request, model, batch),
+        )
     names = model.severity_names
     fast = _WIRE_LAYOUT_OK and not request.top_k and not request.feature_errors
     if fast and len(batch.score) >= FAST_PATH_MIN_ROWS:
