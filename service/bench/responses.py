@@ -114,16 +114,6 @@ def _measure_batch(model: Any, packed: Any, x: np.ndarray, repeat: int) -> dict[
         "columnar_client_us": lambda: _read_columnar(columnar_wire),
         "packed_repeated_fill_us": packed_repeated,
     }
-    if hasattr(convert, "FAST_PATH_MIN_ROWS"):  # the hand-written encoder, while it exists: off
-
-        def per_sample_library() -> bytes:
-            convert.FAST_PATH_MIN_ROWS, saved = 1 << 30, convert.FAST_PATH_MIN_ROWS
-            try:
-                return convert.score_response(per_sample, model, batch).SerializeToString()
-            finally:
-                convert.FAST_PATH_MIN_ROWS = saved
-
-        timings["per_sample_no_hand_encoder_server_us"] = per_sample_library
     row: dict[str, Any] = {"rows": n}
     row |= {name: _time_us(fn, n, repeat) for name, fn in timings.items()}
     row["per_sample_bytes"] = len(per_sample_wire)
@@ -136,9 +126,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{'rows':>6} {'ORT score':>10} | {'per-sample srv':>14} {'cli':>9} {'bytes':>8} | "
         f"{'columnar srv':>12} {'cli':>7} {'bytes':>8} | {'packed fill':>11}"
     )
-    hand = "per_sample_no_hand_encoder_server_us" in rows[0]
-    if hand:
-        head += " | per-sample srv without the hand encoder"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -146,7 +133,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['per_sample_client_us']:>9.1f} {r['per_sample_bytes']:>8} | "
             f"{r['columnar_server_us']:>12.1f} {r['columnar_client_us']:>7.1f} {r['columnar_bytes']:>8} | "
             f"{r['packed_repeated_fill_us']:>11.1f}"
-            + (f" | {r['per_sample_no_hand_encoder_server_us']:.1f}" if hand else "")
         )
     lines.append(
         "microseconds per response, best of the repeats; srv = convert.score_response + SerializeToString, "

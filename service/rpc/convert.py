@@ -6,13 +6,12 @@ No sockets, no servicer context: unit-tested directly. Width and NaN/Inf checks 
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
-from google.protobuf import descriptor, struct_pb2
+from google.protobuf import struct_pb2
 
 from service.errors import InvalidInputError, LimitExceededError
 from service.model_store import LoadedModel
@@ -94,86 +93,6 @@ def request_rows(request: Any, model: LoadedModel, max_rows: int) -> np.ndarray:
     raise InvalidInputError("empty batch: set samples (a Matrix) or named (samples by feature name)")
 
 
-#: From this many results on, plain results (no top features, no feature errors) are encoded with numpy.
-FAST_PATH_MIN_ROWS = 16
-
-
-def _wire_layout_matches() -> bool:
-    """Whether the proto still has the exact layout :func:`_plain_results_wire` writes.
-
-    The numpy encoder bakes in field numbers and types; if anyone edits ``SampleResult`` or
-    ``ScoreResponse.results`` this returns False and every response takes the library's path
-    instead of being silently mis-encoded.
-    """
-    fd = pb.SampleResult.DESCRIPTOR.fields_by_name
-    results = pb.ScoreResponse.DESCRIPTOR.fields_by_name["results"]
-    float_, bool_, string_ = (
-        descriptor.FieldDescriptor.TYPE_FLOAT,
-        descriptor.FieldDescriptor.TYPE_BOOL,
-        descriptor.FieldDescriptor.TYPE_STRING,
-    )
-    expected = {
-        "score": (1, float_),
-        "normalized_score": (2, float_),
-        "is_anomaly": (3, bool_),
-        "severity": (4, string_),
-    }
-    return (
-        results.number == 3
-        and len(fd) == 6  # the two others (top_features, feature_errors) stay empty on this path
-        and all(n in fd and (fd[n].number, fd[n].type) == nt for n, nt in expected.items())
-    )
-
-
-_WIRE_LAYOUT_OK = _wire_layout_matches()
-
-
-@functools.lru_cache(maxsize=64)
-def _result_templates(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per severity level, one encoded plain result (zeros where the floats go), padded to one width.
-
-    Returns ``(table, valid)``: ``table[level]`` holds the level's bytes, ``valid[level]`` marks
-    which of them are real (the rest is padding). ``None`` if a name is too long for the layout.
-    """
-    encoded = [name.encode() for name in names]
-    if any(len(e) > 100 for e in encoded):  # lengths must stay one-byte varints
-        return None
-    templates = []
-    for level, name in enumerate(encoded):
-        payload = b"\x0d" + b"\0" * 4 + b"\x15" + b"\0" * 4 + (b"\x18\x01" if level else b"")
-        payload += b"\x22" + bytes([len(name)]) + name
-        templates.append(b"\x1a" + bytes([len(payload)]) + payload)
-    width = max(len(t) for t in templates)
-    table = np.zeros((len(templates), width), dtype=np.uint8)
-    valid = np.zeros((len(templates), width), dtype=bool)
-    for level, t in enumerate(templates):
-        table[level, : len(t)] = np.frombuffer(t, dtype=np.uint8)
-        valid[level, : len(t)] = True
-    table.flags.writeable = valid.flags.writeable = False  # shared between calls
-    return table, valid
-
-
-def _plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | None:
-    """``ScoreResponse.results`` in protobuf wire format, built with numpy; ``None`` if not applicable.
-
-    Building thousands of SampleResult objects one by one dominates the cost of large batches;
-    each plain result has one of a few fixed layouts (one per severity), so all of them can be
-    written at once and parsed back by upb in C. Layout of one result (field 3 of ScoreResponse):
-    ``1A len | 0D score(f32) | 15 normalized_score(f32) | [18 01 is_anomaly] | 22 len severity``.
-    The floats sit at the same offsets (3 and 8) in every layout: each row starts as its level's
-    padded template, the floats are written in, and the padding is dropped in one pass.
-    """
-    templates = _result_templates(names)
-    if templates is None:
-        return None
-    table, valid = templates
-    levels = batch.severity_level
-    rows = table[levels]  # [n, width], a copy
-    rows[:, 3:7] = np.ascontiguousarray(batch.score, dtype="<f4").view(np.uint8).reshape(-1, 4)
-    rows[:, 8:12] = np.ascontiguousarray(batch.normalized_score, dtype="<f4").view(np.uint8).reshape(-1, 4)
-    return rows[valid[levels]].tobytes()  # row-major: each row's real bytes, in order
-
-
 def top_feature_columns(feature_errors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the ``k`` largest errors as ``[n, k]`` matrices: feature indices, errors, shares.
 
@@ -233,18 +152,8 @@ def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBat
             request_id=request.request_id,
             columns=columnar_results(request, model, batch),
         )
+    response = pb.ScoreResponse(model=model.name, model_version=model.version, request_id=request.request_id)
     names = model.severity_names
-    fast = _WIRE_LAYOUT_OK and not request.top_k and not request.feature_errors
-    if fast and len(batch.score) >= FAST_PATH_MIN_ROWS:
-        wire = _plain_results_wire(batch, names)
-        if wire is not None:
-            head = pb.ScoreResponse(
-                model=model.name, model_version=model.version, request_id=request.request_id
-            )
-            return pb.ScoreResponse.FromString(head.SerializeToString() + wire)
-    scores = batch.score.tolist()
-    normalized = batch.normalized_score.tolist()
-    levels = batch.severity_level.tolist()
     fe = batch.feature_errors
     top = (
         top_features(fe, model.metadata.feature_names, request.top_k)
@@ -252,20 +161,26 @@ def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBat
         else None
     )
     fe_rows = fe.tolist() if request.feature_errors and fe is not None else None
-    results = []
-    sample_result, contribution = pb.SampleResult, pb.FeatureContribution
-    for i, level in enumerate(levels):
-        r = sample_result(
-            score=scores[i], normalized_score=normalized[i], is_anomaly=level > 0, severity=names[level]
-        )
+    # Appending with add() and setting attributes is the fastest way upb offers to build many
+    # messages: 2.5x faster at batch 4096 than building SampleResult(**fields) objects that
+    # results=[...] then copies (docs/serving-columnar.md). Bulk callers should ask for columns.
+    add = response.results.add
+    for i, (score, normalized, level) in enumerate(
+        zip(batch.score.tolist(), batch.normalized_score.tolist(), batch.severity_level.tolist(), strict=True)
+    ):
+        r = add()
+        r.score = score
+        r.normalized_score = normalized
+        if level:
+            r.is_anomaly = True
+        r.severity = names[level]
         if top is not None:
-            r.top_features.extend(contribution(name=n, error=e, share=s) for n, e, s in top[i])
+            add_feature = r.top_features.add
+            for name, error, share in top[i]:
+                add_feature(name=name, error=error, share=share)
         if fe_rows is not None:
             r.feature_errors.extend(fe_rows[i])
-        results.append(r)
-    return pb.ScoreResponse(
-        model=model.name, model_version=model.version, results=results, request_id=request.request_id
-    )
+    return response
 
 
 def error_response(request_id: str, code: int, message: str) -> pb.ScoreResponse:
