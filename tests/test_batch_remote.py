@@ -5,6 +5,7 @@ The server is the real one (``build_server`` on 127.0.0.1 port 0) serving the ti
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterator
 
@@ -13,7 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from batch_support import score, summary_json, tiny_table, write_parquet
 
+from service.batch.remote import RemoteScorer, metadata_from_info
+from service.client import Client
 from service.config import ServerConfig
+from service.errors import AeguardError
 from service.model_store import ModelStore
 from service.rpc.server import ServerHandle, build_server
 from service.scorer import Scorer
@@ -35,6 +39,11 @@ def server(tiny_model_path) -> Iterator[ServerHandle]:
     store.load_path(tiny_model_path)
     tiny = store.get().scorer
     store.swap("doubled", DoubledScorer(tiny.session, tiny.metadata, "doubled"))
+    # The same network with its levels renamed: what a model replaced mid-job looks like.
+    relabelled = [dataclasses.replace(t, name=f"level-{i}") for i, t in enumerate(tiny.metadata.thresholds)]
+    store.swap(
+        "relabelled", Scorer(tiny.session, dataclasses.replace(tiny.metadata, thresholds=relabelled), "r")
+    )
     handle = build_server(
         ServerConfig(host="127.0.0.1", port=0, metrics_port=0, max_batch_rows=MAX_BATCH_ROWS), store
     )
@@ -127,3 +136,27 @@ def test_unknown_model_name_is_a_clear_error(server, source, tmp_path, capsys):
     assert score(*args) == 2
     assert "nope" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_remote_scores_arrive_as_columns_equal_to_local_scores(server, tiny_model_path, tiny_dataset):
+    x = tiny_dataset.X[:150]
+    local = Scorer.load(tiny_model_path).score(x, with_feature_errors=True)
+    with RemoteScorer.connect(
+        f"127.0.0.1:{server.port}", "tiny", feature_errors=True, batch_rows=64
+    ) as remote:
+        got = remote.score(x, with_feature_errors=True)
+    np.testing.assert_array_equal(got.score, local.score)
+    np.testing.assert_array_equal(got.normalized_score, local.normalized_score)
+    np.testing.assert_array_equal(got.severity_level, local.severity_level)
+    np.testing.assert_array_equal(got.is_anomaly, local.is_anomaly)
+    np.testing.assert_array_equal(got.feature_errors, local.feature_errors)
+    assert got.severity_level.dtype == local.severity_level.dtype and got.is_anomaly.dtype == bool
+
+
+def test_severity_levels_that_differ_from_the_jobs_are_refused(server, tiny_dataset):
+    # The job took its metadata from 'tiny'; the stream answers with 'relabelled''s levels.
+    client = Client(f"127.0.0.1:{server.port}")
+    metadata = metadata_from_info(client.model_info("tiny"))
+    remote = RemoteScorer(client, metadata, "relabelled", feature_errors=False, batch_rows=64)
+    with remote, pytest.raises(AeguardError, match=r"levels \['none', 'level-0', 'level-1'\].*replaced"):
+        remote.score(tiny_dataset.X[:10], with_feature_errors=False)

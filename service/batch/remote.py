@@ -1,8 +1,9 @@
 """Remote mode (`aeguard score --target HOST:PORT`): score each chunk through a server's ScoreStream.
 
 One bidirectional stream stays open for the whole job; each chunk goes out as requests of at
-most ``batch_rows`` rows (the server refuses larger ones) and comes back in order. The server
-runs the same :class:`~service.scorer.Scorer`, so the output equals the in-process one.
+most ``batch_rows`` rows (the server refuses larger ones) and comes back in order, as columnar
+results (packed numpy-ready columns, not one message per sample). The server runs the same
+:class:`~service.scorer.Scorer`, so the output equals the in-process one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from service import artifact
 from service.artifact import ModelMetadata, ScoreDistribution, Threshold
 from service.batch.config import DEFAULT_REMOTE_BATCH_ROWS
-from service.client import Client, Scores, Security, StreamError
+from service.client import Client, ColumnarScores, Security, StreamError
 from service.errors import AeguardError
 from service.rpc.api import aeguard_pb2 as pb
 from service.scorer import ScoreBatch
@@ -52,13 +53,11 @@ class RemoteScorer:
         self.metadata = metadata
         self.batch_rows = batch_rows
         self.feature_errors = feature_errors
-        self._levels = {
-            name: i for i, name in enumerate([artifact.SEVERITY_NONE, *(t.name for t in metadata.thresholds)])
-        }
+        self._severity_names = (artifact.SEVERITY_NONE, *(t.name for t in metadata.thresholds))
         self._requests: queue.Queue[np.ndarray | None] = queue.Queue()
         self._responses = cast(
-            Generator[Scores | StreamError, None, None],
-            client.score_stream(self._outgoing(), model=model, feature_errors=feature_errors),
+            Generator[ColumnarScores | StreamError, None, None],
+            client.score_stream(self._outgoing(), model=model, feature_errors=feature_errors, columnar=True),
         )
 
     @classmethod
@@ -97,16 +96,22 @@ class RemoteScorer:
         pieces = [x[start : start + self.batch_rows] for start in range(0, len(x), self.batch_rows)]
         for piece in pieces:
             self._requests.put(piece)
-        results: list[Scores] = []
+        results: list[ColumnarScores] = []
         for _ in pieces:
             reply = next(self._responses)
-            assert isinstance(reply, Scores)  # errors are raised by the client
+            assert isinstance(reply, ColumnarScores)  # errors are raised by the client
+            if reply.severity_names != self._severity_names:
+                # Severity indices mean something only against the levels this job's output uses.
+                raise AeguardError(
+                    f"the server's model '{reply.model}' version {reply.model_version} has severity levels "
+                    f"{list(reply.severity_names)}, not {list(self._severity_names)} as when the job "
+                    "started; was the model replaced during the job?"
+                )
             results.append(reply)
-        severity = [s for r in results for s in r.severity]
         return ScoreBatch(
             score=np.concatenate([r.score for r in results]),
             normalized_score=np.concatenate([r.normalized_score for r in results]),
-            severity_level=np.array([self._levels[s] for s in severity], dtype=np.int64),
+            severity_level=np.concatenate([r.severity_level for r in results]).astype(np.int64),
             is_anomaly=np.concatenate([r.is_anomaly for r in results]),
             feature_errors=np.concatenate([r.feature_errors for r in results])  # type: ignore[misc]
             if with_feature_errors
