@@ -168,6 +168,51 @@ def test_node_stream_keeps_good_results_around_a_bad_request(
     np.testing.assert_allclose(scores, python_scores.score, rtol=RTOL)
 
 
+def assert_columns_same(columns: dict[str, Any], expected: Any, feature_names: list[str]) -> None:
+    """Columns Node decoded from the bytes equal the Python client's per-sample results."""
+    n = len(expected)
+    assert columns["rows"] == n
+    np.testing.assert_allclose(columns["scores"], expected.score, rtol=RTOL)
+    np.testing.assert_allclose(columns["normalized_scores"], expected.normalized_score, rtol=RTOL)
+    assert columns["is_anomaly"] == expected.is_anomaly.tolist()
+    assert columns["severity_names"] == ["none", "warning", "critical"]
+    assert [columns["severity_names"][i] for i in columns["severity"]] == expected.severity
+    assert columns["top_k"] == 3
+    for i, top in enumerate(expected.top_features):
+        assert [feature_names[j] for j in columns["top_feature_indices"][i]] == [name for name, _, _ in top]
+        np.testing.assert_allclose(columns["top_feature_errors"][i], [e for _, e, _ in top], rtol=RTOL)
+        np.testing.assert_allclose(columns["top_feature_shares"][i], [s for _, _, s in top], rtol=RTOL)
+    np.testing.assert_allclose(columns["feature_errors"], expected.feature_errors, rtol=RTOL)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "named"])
+def test_node_reads_columnar_results_equal_to_per_sample_ones(
+    node_modules: Path, target: str, rows: np.ndarray, python_scores: Any, tiny_dataset: Any, encoding: str
+) -> None:
+    extra = {"encoding": encoding, "top_k": 3, "feature_errors": True, "columnar": True}
+    status, out = node(node_modules, "score", target, spec(rows, request_id="c1", **extra))
+    assert status == 0 and out["ok"], out
+    response = out["response"]
+    assert response["request_id"] == "c1" and response["results"] == []
+    assert_columns_same(response["columns"], python_scores, tiny_dataset.feature_names)
+    assert any(response["columns"]["is_anomaly"]) and not all(response["columns"]["is_anomaly"])
+
+    # Over a stream too, next to a per-sample request, split in two.
+    first, second = rows[:5], rows[5:]
+    requests = [
+        spec(first, request_id="a", **extra),
+        spec(second, request_id="b", **{**extra, "columnar": False}),
+    ]
+    status, out = node(node_modules, "stream", target, {"requests": requests})
+    assert status == 0 and out["ok"], out
+    a, b = out["responses"]
+    assert a["results"] == [] and a["columns"]["rows"] == 5
+    assert b["columns"] is None and len(b["results"]) == len(second)
+    np.testing.assert_allclose(
+        a["columns"]["scores"] + [r["score"] for r in b["results"]], python_scores.score, rtol=RTOL
+    )
+
+
 def test_node_sees_error_statuses(node_modules: Path, target: str, rows: np.ndarray) -> None:
     status, out = node(node_modules, "score", target, spec(rows[:2, :7]))
     assert status == 1 and not out["ok"]

@@ -9,9 +9,11 @@
 //
 // `score` spec (JSON on stdin):
 //   {"model": "", "rows": [[1.0, 2.0, ...], ...], "encoding": "values" | "raw" | "named",
-//    "top_k": 2, "feature_errors": false, "request_id": "r1"}
+//    "top_k": 2, "feature_errors": false, "request_id": "r1", "columnar": false}
 //   "values" sends Matrix.values, "raw" sends Matrix.raw (little-endian float32 bytes), "named"
-//   asks GetModelInfo for the feature names and sends NamedSample maps.
+//   asks GetModelInfo for the feature names and sends NamedSample maps. "columnar" asks for
+//   ScoreResponse.columns; the client decodes its little-endian byte columns into plain arrays
+//   (see decodeColumns) and prints them in place of the bytes.
 // `stream` spec: {"requests": [<score spec>, ...]}: one ScoreStream call, every request written
 //   in order, the half-close, then every response read.
 //
@@ -88,6 +90,7 @@ function buildRequest(spec, featureNames) {
     top_k: spec.top_k || 0,
     feature_errors: Boolean(spec.feature_errors),
     request_id: spec.request_id || "",
+    columnar: Boolean(spec.columnar),
   };
   const encoding = spec.encoding || "values";
   if (encoding === "named") {
@@ -102,6 +105,55 @@ function buildRequest(spec, featureNames) {
     usage(`unknown encoding ${JSON.stringify(encoding)}`);
   }
   return request;
+}
+
+// One little-endian column of a ColumnarResults as a plain array; `width` bytes per number.
+function readColumn(buffer, width, read, expectedCount, name) {
+  if (buffer.length !== width * expectedCount) {
+    throw new Error(`columns.${name}: ${buffer.length} bytes, expected ${width * expectedCount}`);
+  }
+  const values = new Array(expectedCount);
+  for (let i = 0; i < expectedCount; i++) values[i] = read.call(buffer, width * i);
+  return values;
+}
+
+// Split a row-major list into `rows` rows of `width`.
+function rowsOf(flat, rows, width) {
+  return Array.from({ length: rows }, (_, i) => flat.slice(i * width, (i + 1) * width));
+}
+
+// ScoreResponse.columns with every byte column decoded, as the .proto documents the layout:
+// float32 and uint32 little-endian, is_anomaly one byte per sample, matrices row-major.
+function decodeColumns(columns) {
+  const n = columns.rows;
+  const k = columns.top_k;
+  const f32 = Buffer.prototype.readFloatLE;
+  const u32 = Buffer.prototype.readUInt32LE;
+  const decoded = {
+    rows: n,
+    scores: readColumn(columns.scores, 4, f32, n, "scores"),
+    normalized_scores: readColumn(columns.normalized_scores, 4, f32, n, "normalized_scores"),
+    is_anomaly: readColumn(columns.is_anomaly, 1, Buffer.prototype.readUInt8, n, "is_anomaly").map((b) => b === 1),
+    severity: readColumn(columns.severity, 4, u32, n, "severity"),
+    severity_names: columns.severity_names,
+    top_k: k,
+    top_feature_indices: rowsOf(readColumn(columns.top_feature_indices, 4, u32, n * k, "top_feature_indices"), n, k),
+    top_feature_errors: rowsOf(readColumn(columns.top_feature_errors, 4, f32, n * k, "top_feature_errors"), n, k),
+    top_feature_shares: rowsOf(readColumn(columns.top_feature_shares, 4, f32, n * k, "top_feature_shares"), n, k),
+    feature_errors: null,
+  };
+  const fe = columns.feature_errors;
+  if (fe) {
+    const flat = readColumn(fe.raw, 4, f32, fe.rows * fe.cols, "feature_errors.raw");
+    decoded.feature_errors = rowsOf(flat, fe.rows, fe.cols);
+  }
+  return decoded;
+}
+
+// A response as printed: columns decoded when present.
+function decodeResponse(response) {
+  if (response.columns) response.columns = decodeColumns(response.columns);
+  return response;
 }
 
 function deadline() {
@@ -163,8 +215,8 @@ async function main() {
       const requests = specs.map((s) => buildRequest(s, featureNames));
       result =
         options.command === "score"
-          ? { ok: true, response: await unary(client, "Score", requests[0]) }
-          : { ok: true, responses: await stream(client, requests) };
+          ? { ok: true, response: decodeResponse(await unary(client, "Score", requests[0])) }
+          : { ok: true, responses: (await stream(client, requests)).map(decodeResponse) };
     }
     process.stdout.write(JSON.stringify(result, replacer) + "\n");
     process.exitCode = 0;
