@@ -33,6 +33,7 @@ class LoadSpec:
     start_at: float  #: wall-clock time (time.time()) the measured window opens; before it: warm-up
     duration_s: float  #: length of the measured window
     max_message_bytes: int = 64 * 1024 * 1024
+    columnar: bool = False  #: ask for ScoreResponse.columns (packed columns) instead of per-sample results
 
 
 @dataclass
@@ -48,10 +49,11 @@ class LoadResult:
     late_s: float = 0.0  #: how late the process was ready (> 0 means its warm-up was cut short)
 
 
-def _request(pb: Any, rows: int, n_features: int, seed: int) -> Any:
+def _request(pb: Any, spec: LoadSpec, seed: int) -> Any:
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, n_features)).astype("<f4")
-    return pb.ScoreRequest(samples=pb.Matrix(rows=rows, cols=n_features, raw=x.tobytes()))
+    x = rng.normal(size=(spec.rows, spec.n_features)).astype("<f4")
+    samples = pb.Matrix(rows=spec.rows, cols=spec.n_features, raw=x.tobytes())
+    return pb.ScoreRequest(samples=samples, columnar=spec.columnar)
 
 
 class _Window:
@@ -140,7 +142,7 @@ async def _run(spec: LoadSpec, seed: int) -> LoadResult:
         await asyncio.wait_for(channel.channel_ready(), timeout=CALL_TIMEOUT_S)
         result.late_s = max(0.0, time.perf_counter() - window.start)
         stub = pb_grpc.AnomalyDetectorStub(channel)
-        request = _request(pb, spec.rows, spec.n_features, seed)
+        request = _request(pb, spec, seed)
         drive = _unary if spec.method == "Score" else _stream
         try:
             await asyncio.gather(window.track_cpu(), drive(stub, request, spec, window, result))

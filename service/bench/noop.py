@@ -1,8 +1,9 @@
 """A no-op ``aeguard.v1.AnomalyDetector`` server: the gRPC transport floor for the benchmark.
 
 It speaks the same messages as aeguard and answers ``Score`` / ``ScoreStream`` with a
-``ScoreResponse`` of the right size (one result per sample, typical field values) without
-scoring anything, so the difference to aeguard is what scoring, validation and metrics cost.
+``ScoreResponse`` of the right size (one result per sample, or the columns when the request asks
+for them; typical field values) without scoring anything, so the difference to aeguard is what
+scoring, validation and metrics cost.
 Run it as ``python -m service.bench.noop --port 0``; it prints ``port=N`` once it listens.
 """
 
@@ -28,20 +29,34 @@ class NoopDetector(pb_grpc.AnomalyDetectorServicer):
     def __init__(self, model_name: str, model_version: str) -> None:
         self._model_name = model_name
         self._model_version = model_version
-        self._by_rows: dict[int, pb.ScoreResponse] = {}
+        self._by_rows: dict[tuple[int, bool], pb.ScoreResponse] = {}
         self._lock = threading.Lock()
 
     def _response(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
         rows = request.samples.rows if request.HasField("samples") else len(request.named)
-        cached = self._by_rows.get(rows)
+        key = (rows, request.columnar)
+        cached = self._by_rows.get(key)
         if cached is None:
-            # A below-threshold verdict with non-default values, so every field is on the wire.
-            result = pb.SampleResult(score=0.0123, normalized_score=0.4567, is_anomaly=False, severity="none")
-            cached = pb.ScoreResponse(
-                model=self._model_name, model_version=self._model_version, results=[result] * rows
-            )
+            cached = pb.ScoreResponse(model=self._model_name, model_version=self._model_version)
+            if request.columnar:  # the same shape aeguard sends: one column of each kind
+                cached.columns.CopyFrom(
+                    pb.ColumnarResults(
+                        rows=rows,
+                        scores=b"\1" * 4 * rows,
+                        normalized_scores=b"\1" * 4 * rows,
+                        is_anomaly=b"\0" * rows,
+                        severity=b"\0" * 4 * rows,
+                        severity_names=["none", "warning", "critical"],
+                    )
+                )
+            else:
+                # A below-threshold verdict with non-default values, so every field is on the wire.
+                result = pb.SampleResult(
+                    score=0.0123, normalized_score=0.4567, is_anomaly=False, severity="none"
+                )
+                cached.results.extend([result] * rows)
             with self._lock:
-                self._by_rows[rows] = cached
+                self._by_rows[key] = cached
         if not request.request_id:
             return cached
         response = pb.ScoreResponse()

@@ -68,7 +68,7 @@ def _cores(m: dict[str, Any] | None, key: str) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison table: one line per workload, aeguard next to both baselines."""
     head = (
-        f"{'workload':<34} {'unit':<9} {'aeguard':>10} {'no-op':>10} {'in-proc':>10} "
+        f"{'workload':<43} {'unit':<9} {'aeguard':>10} {'no-op':>10} {'in-proc':>10} "
         f"{'ae/no-op':>8} {'ae/in-proc':>10}  {'p50/p99 ms: aeguard':>19} {'no-op':>12} {'in-proc':>11}"
         f"  {'srv CPU us/req: ae':>18} {'no-op':>6}  {'cores: srv':>10} {'cli':>4}"
     )
@@ -77,7 +77,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         key = r["rate_key"]
         ae, noop, inproc = r.get("aeguard"), r.get("noop"), r.get("in_process")
         lines.append(
-            f"{r['workload']:<34} {r['unit']:<9} {_num(ae and ae[key]):>10} {_num(noop and noop[key]):>10} "
+            f"{r['workload']:<43} {r['unit']:<9} {_num(ae and ae[key]):>10} {_num(noop and noop[key]):>10} "
             f"{_num(inproc and inproc[key]):>10} {_num(r.get('ratio_vs_noop'), '.2f'):>8} "
             f"{_num(r.get('ratio_vs_in_process'), '.3f'):>10}  "
             f"{_lat(ae):>19} {_lat(noop):>12} {_lat(inproc):>11}  "
