@@ -25,16 +25,18 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ae/no-op" in proc.stdout  # the table was printed
     assert "target: no unary batch-1 run at concurrency 64" in proc.stdout
+    assert "target: no columnar ScoreStream run at batch 4096" in proc.stdout
 
     doc = json.loads((out_dir / "latest.json").read_text())
     server = doc["server"]
     assert server["model"]["name"] == "tiny"
-    workloads = [(r["method"], r["rows"], r["in_flight"]) for r in server["rows"]]
+    workloads = [(r["method"], r["rows"], r["in_flight"], r["columnar"]) for r in server["rows"]]
     assert workloads == [
-        ("Score", 1, 1),
-        ("Score", 1, 3),
-        ("Score", 64, 2),
-        ("ScoreStream", 64, 2),
+        ("Score", 1, 1, False),
+        ("Score", 1, 3, False),
+        ("Score", 64, 2, False),
+        ("ScoreStream", 64, 2, False),
+        ("ScoreStream", 64, 2, True),
     ]
     for row in server["rows"]:
         key = row["rate_key"]
@@ -51,3 +53,29 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
     assert server["rows"][1]["aeguard"]["client_processes"] == 2
     # No run at concurrency 64 here, so the target is reported as not measured.
     assert server["target"]["met"] is None
+    assert server["columnar_target"]["met"] is None
+
+
+def test_columnar_target_reads_the_batch_4096_columnar_row() -> None:
+    from service.bench.serving import _columnar_target
+
+    def side(samples_per_s: float, cores: float) -> dict[str, float]:
+        return {"samples_per_s": samples_per_s, "server_cpu_cores": cores}
+
+    rows = [
+        {"columnar": False, "rows": 4096, "ratio_vs_in_process": 0.5},
+        {
+            "columnar": True,
+            "rows": 4096,
+            "ratio_vs_in_process": 0.85,
+            "aeguard": side(2_000_000, 1.0),  # 500 ns of server CPU per sample
+            "in_process": side(4_000_000, 1.6),  # 400 ns per sample
+        },
+    ]
+    verdict = _columnar_target(rows)
+    assert verdict["met"] is True and verdict["ratio"] == 0.85
+    assert verdict["cpu_ns_per_sample"] == pytest.approx({"aeguard": 500.0, "in_process": 400.0})
+    assert verdict["cpu_ratio"] == pytest.approx(0.8)
+    assert (
+        "= 0.85 (target >= 0.8): MET" in verdict["line"] and "in-process / aeguard = 0.80" in verdict["line"]
+    )
