@@ -126,6 +126,12 @@ def _column(data: bytes, dtype: str, shape: tuple[int, ...], name: str) -> np.nd
 
 
 def _columnar_scores(resp: pb.ScoreResponse, want_fe: bool) -> ColumnarScores:
+    if not resp.HasField("columns"):
+        # A server that predates ScoreRequest.columnar skips the unknown field and answers per sample.
+        raise errors.AeguardError(
+            f"the server answered with {len(resp.results)} per-sample results instead of columns: it "
+            "predates ScoreRequest.columnar; upgrade it, or score with columnar=False"
+        )
     cols = resp.columns
     n, k = cols.rows, cols.top_k
     names = tuple(cols.severity_names)

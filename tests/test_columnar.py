@@ -14,7 +14,7 @@ import pytest
 
 from service.client import Client, ColumnarScores, Scores, StreamError
 from service.config import ServerConfig
-from service.errors import InvalidInputError
+from service.errors import AeguardError, InvalidInputError
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
@@ -180,3 +180,22 @@ def test_rows_over_the_limit_are_refused_in_columnar_form_too(stub):
         stub.Score(pb.ScoreRequest(samples=m, columnar=True), timeout=DEADLINE_S)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"limit of {MAX_ROWS}" in info.value.details()
+
+
+def test_a_server_that_ignores_columnar_is_a_clear_error_not_an_empty_result():
+    from service.client import _columnar_scores
+
+    old_server_answer = pb.ScoreResponse(model="tiny", results=[pb.SampleResult(score=1.0)] * 3)
+    with pytest.raises(AeguardError, match=r"3 per-sample results instead of columns.*columnar=False"):
+        _columnar_scores(old_server_answer, want_fe=False)
+
+
+def test_malformed_columns_are_named():
+    from service.client import _columnar_scores
+
+    cols = pb.ColumnarResults(rows=2, scores=b"\0" * 7, severity=b"\0" * 8, severity_names=["none"])
+    with pytest.raises(AeguardError, match=r"columns.scores holds 7 bytes, expected 8"):
+        _columnar_scores(pb.ScoreResponse(columns=cols), want_fe=False)
+    cols = pb.ColumnarResults(rows=1, severity=b"\5\0\0\0", severity_names=["none"])
+    with pytest.raises(AeguardError, match=r"severity index beyond columns\.severity_names"):
+        _columnar_scores(pb.ScoreResponse(columns=cols), want_fe=False)
