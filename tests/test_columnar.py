@@ -30,7 +30,7 @@ def server(tiny_model_path) -> Iterator[ServerHandle]:
     store = ModelStore()
     store.load_path(tiny_model_path)
     config = ServerConfig(
-        host="127.0.0.1", port=0, metrics_port=0, max_batch_rows=MAX_ROWS, workers=4, micro_batch_rows=64
+        host="127.0.0.1", port=0, metrics_port=0, max_batch_rows=MAX_ROWS, micro_batch_rows=64
     )
     handle = build_server(config, store)
     yield handle
