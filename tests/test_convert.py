@@ -205,3 +205,18 @@ def test_top_feature_columns_break_ties_by_feature_order_and_share_zero_totals()
     assert errors.tolist() == [[3.0, 3.0, 1.0], [0.0, 0.0, 0.0]]
     np.testing.assert_allclose(shares, [[3 / 7, 3 / 7, 1 / 7], [0.0, 0.0, 0.0]])
     assert convert.top_feature_columns(fe, 10)[0].shape == (2, 4)  # k above the width: every feature
+
+
+def test_per_sample_top_features_equal_the_scorers_definition(model, tiny_dataset):
+    # The batch job ranks features with service.scorer.top_features; the wire must say the same.
+    from service.scorer import top_features
+
+    batch = model.scorer.score(tiny_dataset.X[:200], with_feature_errors=True)
+    for k in (1, 3, 8, 50):
+        resp = convert.score_response(pb.ScoreRequest(top_k=k), model, batch)
+        expected = top_features(batch.feature_errors, model.metadata.feature_names, k)
+        got = [[(f.name, f.error, f.share) for f in r.top_features] for r in resp.results]
+        as_float32 = [
+            [(n, float(np.float32(e)), float(np.float32(s))) for n, e, s in row] for row in expected
+        ]
+        assert got == as_float32
