@@ -7,6 +7,7 @@ errors, and write a JSON record whose ratios follow from its rates.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,30 @@ def test_columnar_target_reads_the_batch_4096_columnar_row() -> None:
     assert (
         "= 0.85 (target >= 0.8): MET" in verdict["line"] and "in-process / aeguard = 0.80" in verdict["line"]
     )
+
+
+def test_server_cpu_includes_worker_processes() -> None:
+    # `aeguard serve --processes N` scores in workers under a supervisor: their CPU is the server's.
+    from service.bench.loadgen import _stat, process_cpu_s
+
+    worker = "import sys\nfor _ in range(10**7): pass\nprint('burnt', flush=True)\nsys.stdin.read()"
+    supervisor = (
+        "import subprocess, sys\n"
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdin=sys.stdin, stdout=sys.stdout)\n"
+        "print(w.pid, flush=True)\nw.wait()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", supervisor], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        worker_pid = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "burnt"
+        ticks = os.sysconf("SC_CLK_TCK")
+        own = {pid: (int(_stat(pid)[11]) + int(_stat(pid)[12])) / ticks for pid in (proc.pid, worker_pid)}
+        assert own[worker_pid] > 0
+        assert process_cpu_s(proc.pid) >= own[proc.pid] + own[worker_pid]
+        assert process_cpu_s(worker_pid) < process_cpu_s(proc.pid)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)

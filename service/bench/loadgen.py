@@ -219,8 +219,34 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, comes first)."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its live descendants have used so far (Linux /proc).
+
+    Descendants count because ``aeguard serve --processes N`` scores in worker processes under a
+    supervisor; the supervisor's own CPU would miss nearly all of it. A worker that exits between
+    two readings takes its CPU with it, so a delta is right only while the workers live.
+    """
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = _stat(int(entry))
+            except OSError:  # gone since listdir
+                continue
+            parent[int(entry)] = int(fields[1])
+            ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    if pid not in ticks:
+        fields = _stat(pid)  # raises for a process that does not exist, as before
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, {pid}
+    while frontier:
+        frontier = {c for c, p in parent.items() if p in frontier and c not in tree}
+        tree |= frontier
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
