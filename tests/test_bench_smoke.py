@@ -107,3 +107,15 @@ def test_server_cpu_includes_worker_processes() -> None:
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
+
+
+def test_response_bench_times_both_forms(tiny_model_path: Path) -> None:
+    from service.bench.responses import format_table, measure
+
+    rows = measure(tiny_model_path, [1, 5], repeat=1, samples_per_loop=50)
+    assert [r["rows"] for r in rows] == [1, 5]
+    for r in rows:
+        assert all(r[k] > 0 for k in r if k.endswith("_us"))
+        # 13 bytes a sample in columns (2 float32, 1 byte, 1 uint32) plus the fixed part.
+        assert r["columnar_bytes"] > 13 * r["rows"]
+    assert "columnar srv" in format_table(rows)

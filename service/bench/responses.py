@@ -25,13 +25,13 @@ from service.errors import AeguardError
 SAMPLES_PER_LOOP = 20_000
 
 
-def _time_us(fn: Callable[[], Any], rows: int, repeat: int) -> float:
+def _time_us(fn: Callable[[], Any], rows: int, repeat: int, samples_per_loop: int) -> float:
     """Best-of-``repeat`` CPU microseconds per call.
 
     CPU time of this process, not wall time: on a shared machine, time spent waiting for a core
     is not the response's cost. The fastest loop is the least disturbed one.
     """
-    number = max(3, SAMPLES_PER_LOOP // rows)
+    number = max(3, samples_per_loop // rows)
     return min(timeit.repeat(fn, number=number, repeat=repeat, timer=time.process_time)) / number * 1e6
 
 
@@ -77,7 +77,9 @@ def _packed_columns_class() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("aeguard_bench.PackedColumns"))
 
 
-def measure(model_path: Path, batch_rows: list[int], repeat: int) -> list[dict[str, Any]]:
+def measure(
+    model_path: Path, batch_rows: list[int], repeat: int, samples_per_loop: int = SAMPLES_PER_LOOP
+) -> list[dict[str, Any]]:
     """One row per batch size: microseconds per response for each form and side."""
     from service.model_store import ModelStore
 
@@ -86,13 +88,19 @@ def measure(model_path: Path, batch_rows: list[int], repeat: int) -> list[dict[s
     rng = np.random.default_rng(0)
     return [
         _measure_batch(
-            model, packed, rng.normal(size=(n, model.metadata.n_features)).astype(np.float32), repeat
+            model,
+            packed,
+            rng.normal(size=(n, model.metadata.n_features)).astype(np.float32),
+            repeat,
+            samples_per_loop,
         )
         for n in batch_rows
     ]
 
 
-def _measure_batch(model: Any, packed: Any, x: np.ndarray, repeat: int) -> dict[str, Any]:
+def _measure_batch(
+    model: Any, packed: Any, x: np.ndarray, repeat: int, samples_per_loop: int
+) -> dict[str, Any]:
     from service.rpc import convert
     from service.rpc.api import aeguard_pb2 as pb
 
@@ -120,7 +128,7 @@ def _measure_batch(model: Any, packed: Any, x: np.ndarray, repeat: int) -> dict[
         "packed_repeated_fill_us": packed_repeated,
     }
     row: dict[str, Any] = {"rows": n}
-    row |= {name: _time_us(fn, n, repeat) for name, fn in timings.items()}
+    row |= {name: _time_us(fn, n, repeat, samples_per_loop) for name, fn in timings.items()}
     row["per_sample_bytes"] = len(per_sample_wire)
     row["columnar_bytes"] = len(columnar_wire)
     return row
