@@ -85,12 +85,12 @@ def python_scores(target: str, rows: np.ndarray) -> Any:
 
 
 def node(
-    node_modules: Path, command: str, target: str, spec: dict[str, Any] | None = None
+    node_modules: Path, command: str, target: str, spec: dict[str, Any] | None = None, *options: str
 ) -> tuple[int, Any]:
     """Run the Node client; return its exit status and the JSON it printed."""
     assert NODE is not None
     proc = subprocess.run(
-        [NODE, str(CLIENT_JS), command, target],
+        [NODE, str(CLIENT_JS), command, target, *options],
         input=json.dumps(spec or {}),
         capture_output=True,
         text=True,
@@ -234,3 +234,42 @@ def test_node_reads_model_info(node_modules: Path, target: str) -> None:
     info = out["response"]
     assert info["name"] == "tiny" and info["feature_names"] == [f"f{i}" for i in range(8)]
     assert [t["name"] for t in info["thresholds"]] == ["warning", "critical"]
+
+
+def test_node_client_speaks_mutual_tls_with_a_token(node_modules, tiny_model_path, rows, tmp_path):
+    from tls_support import make_pki
+
+    from service.config import ServerConfig
+    from service.model_store import ModelStore
+    from service.rpc.server import build_server
+
+    pki = make_pki(tmp_path / "pki")
+    tokens, token = tmp_path / "tokens", tmp_path / "token"
+    tokens.write_text("node-test:a-token-for-the-node-client-0123\n")
+    token.write_text("a-token-for-the-node-client-0123\n")
+    store = ModelStore()
+    store.load_path(tiny_model_path)
+    config = ServerConfig(
+        port=0,
+        metrics_port=0,
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca),
+        auth_tokens_file=str(tokens),
+    )
+    handle = build_server(config, store)
+    try:
+        target = f"localhost:{handle.port}"
+        tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+        code, out = node(
+            node_modules, "score", target, spec(rows[:3], columnar=True), *tls, "--token-file", str(token)
+        )
+        assert code == 0 and out["response"]["columns"]["rows"] == 3
+        code, out = node(node_modules, "score", target, spec(rows[:1]), *tls)  # no token
+        assert code == 1 and out["error"]["code_name"] == "UNAUTHENTICATED"
+        code, out = node(
+            node_modules, "info", target, None, "--tls-ca", str(pki.ca), "--token-file", str(token)
+        )
+        assert code == 1 and out["error"]["code_name"] == "UNAVAILABLE"  # no client certificate under mTLS
+    finally:
+        handle.stop(0)

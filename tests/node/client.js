@@ -6,6 +6,9 @@
 //   node client.js score  HOST:PORT [--proto PATH] < spec.json
 //   node client.js stream HOST:PORT [--proto PATH] < spec.json
 //   node client.js info   HOST:PORT [--proto PATH] [--model NAME]
+// Security options (any command): --tls-ca PEM (TLS, the server checked against this CA),
+//   --tls-cert PEM --tls-key PEM (a client certificate, for mutual TLS), --token-file PATH (sends
+//   "authorization: Bearer <token>", the file's first line, on every call).
 //
 // `score` spec (JSON on stdin):
 //   {"model": "", "rows": [[1.0, 2.0, ...], ...], "encoding": "values" | "raw" | "named",
@@ -35,7 +38,10 @@ const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, co
 
 function usage(message) {
   process.stderr.write(`client.js: ${message}\n`);
-  process.stderr.write("usage: node client.js score|stream|info HOST:PORT [--proto PATH] [--model NAME]\n");
+  process.stderr.write(
+    "usage: node client.js score|stream|info HOST:PORT [--proto PATH] [--model NAME] " +
+      "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--token-file PATH]\n",
+  );
   process.exit(2);
 }
 
@@ -43,14 +49,20 @@ function parseArgs(argv) {
   const [command, target, ...rest] = argv;
   if (!["score", "stream", "info"].includes(command)) usage(`unknown command ${JSON.stringify(command)}`);
   if (!target || !/^[^:]+:\d+$/.test(target)) usage(`HOST:PORT expected, got ${JSON.stringify(target)}`);
-  const options = { command, target, proto: DEFAULT_PROTO, model: "" };
+  const options = { command, target, proto: DEFAULT_PROTO, model: "", tlsCa: "", tlsCert: "", tlsKey: "", tokenFile: "" };
   for (let i = 0; i < rest.length; i += 2) {
     const value = rest[i + 1];
     if (value === undefined) usage(`${rest[i]} needs a value`);
     if (rest[i] === "--proto") options.proto = path.resolve(value);
     else if (rest[i] === "--model") options.model = value;
+    else if (rest[i] === "--tls-ca") options.tlsCa = value;
+    else if (rest[i] === "--tls-cert") options.tlsCert = value;
+    else if (rest[i] === "--tls-key") options.tlsKey = value;
+    else if (rest[i] === "--token-file") options.tokenFile = value;
     else usage(`unknown option ${rest[i]}`);
   }
+  if (Boolean(options.tlsCert) !== Boolean(options.tlsKey)) usage("--tls-cert and --tls-key go together");
+  if (options.tlsCert && !options.tlsCa) usage("--tls-cert needs --tls-ca");
   return options;
 }
 
@@ -156,20 +168,39 @@ function decodeResponse(response) {
   return response;
 }
 
+// Channel credentials (plaintext, or TLS with an optional client certificate) and the metadata
+// every call carries (the bearer token, if any).
+function channelCredentials(options) {
+  if (!options.tlsCa) return grpc.credentials.createInsecure();
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  return grpc.credentials.createSsl(read(options.tlsCa), read(options.tlsKey), read(options.tlsCert));
+}
+
+function callMetadata(options) {
+  const metadata = new grpc.Metadata();
+  if (options.tokenFile) {
+    const token = fs.readFileSync(options.tokenFile, "utf8").split("\n")[0].trim();
+    metadata.add("authorization", `Bearer ${token}`);
+  }
+  return metadata;
+}
+
 function deadline() {
   return new Date(Date.now() + DEADLINE_MS);
 }
 
-function unary(client, method, request) {
+function unary(client, method, request, metadata) {
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: deadline() }, (err, response) => (err ? reject(err) : resolve(response)));
+    client[method](request, metadata, { deadline: deadline() }, (err, response) =>
+      err ? reject(err) : resolve(response),
+    );
   });
 }
 
-function stream(client, requests) {
+function stream(client, requests, metadata) {
   return new Promise((resolve, reject) => {
     const responses = [];
-    const call = client.ScoreStream({ deadline: deadline() });
+    const call = client.ScoreStream(metadata, { deadline: deadline() });
     call.on("data", (response) => responses.push(response));
     call.on("error", (err) => {
       err.responses = responses;
@@ -199,24 +230,25 @@ function replacer(key, value) {
 async function main() {
   const options = parseArgs(process.argv.slice(2));
   const AnomalyDetector = loadService(options.proto);
-  const client = new AnomalyDetector(options.target, grpc.credentials.createInsecure());
+  const client = new AnomalyDetector(options.target, channelCredentials(options));
+  const metadata = callMetadata(options);
   try {
     let result;
     if (options.command === "info") {
-      result = { ok: true, response: await unary(client, "GetModelInfo", { model: options.model }) };
+      result = { ok: true, response: await unary(client, "GetModelInfo", { model: options.model }, metadata) };
     } else {
       const spec = readStdinJson();
       const specs = options.command === "stream" ? spec.requests || [] : [spec];
       let featureNames = null;
       if (specs.some((s) => s.encoding === "named")) {
         const model = specs.find((s) => s.encoding === "named").model || "";
-        featureNames = (await unary(client, "GetModelInfo", { model })).feature_names;
+        featureNames = (await unary(client, "GetModelInfo", { model }, metadata)).feature_names;
       }
       const requests = specs.map((s) => buildRequest(s, featureNames));
       result =
         options.command === "score"
-          ? { ok: true, response: decodeResponse(await unary(client, "Score", requests[0])) }
-          : { ok: true, responses: (await stream(client, requests)).map(decodeResponse) };
+          ? { ok: true, response: decodeResponse(await unary(client, "Score", requests[0], metadata)) }
+          : { ok: true, responses: (await stream(client, requests, metadata)).map(decodeResponse) };
     }
     process.stdout.write(JSON.stringify(result, replacer) + "\n");
     process.exitCode = 0;
