@@ -297,3 +297,24 @@ def test_calls_accepted_before_sigterm_finish_and_none_is_cancelled(tiny_model_p
     assert counts.get("OK", 0) > 100
     # Refused once draining (UNAVAILABLE), never cancelled mid-call.
     assert set(counts) <= {"OK", "UNAVAILABLE"}, counts
+
+
+def test_a_port_another_server_listens_on_is_refused(served, tiny_model_path):
+    import subprocess
+    import sys
+
+    from serve_support import REPO, clean_env
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_model_path)),
+            *("--processes", "2", "--port", str(served.port), "--metrics-port", "0"),
+        ],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{served.port}: another process listens there" in result.stderr

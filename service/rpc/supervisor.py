@@ -67,7 +67,15 @@ def _cgroup_quota() -> float | None:
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening ``SO_REUSEPORT`` socket: holds the port while workers come and go."""
+    """A bound, non-listening ``SO_REUSEPORT`` socket: holds the port while workers come and go.
+
+    ``SO_REUSEPORT`` would also let this server share a port with another process of the same user
+    that listens with it (another aeguard), splitting its traffic silently: a port something already
+    answers on is refused instead.
+    """
+    if port:
+        with contextlib.suppress(OSError), socket.create_connection((_connectable(host), port), timeout=0.5):
+            raise NotReadyError(f"cannot listen on {host}:{port}: another process listens there")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -77,6 +85,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise NotReadyError(f"cannot listen on {host}:{port} ({exc}); is the port in use?") from exc
     return sock
+
+
+def _connectable(host: str) -> str:
+    """Where to look for a listener on a wildcard address."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 @dataclass
