@@ -18,12 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[train,spark,bench,dev]'
 	touch $@
 
-# Stubs are generated, never edited: protoc's path mapping makes them importable as service.rpc.api.
-$(STUBS): $(PROTO_SRC) $(STAMP)
-	mkdir -p service/rpc/api
-	$(PY) -m grpc_tools.protoc -Iservice/rpc/api=proto/aeguard/v1 \
-		--python_out=. --pyi_out=. --grpc_python_out=. service/rpc/api/aeguard.proto
-	touch service/rpc/api/__init__.py
+# Stubs are generated, never edited or committed. The editable install above generates them already,
+# through the same build backend as `pip install .`; this regenerates them when the .proto changes.
+$(STUBS): $(PROTO_SRC) proto/aeguard_build.py $(STAMP)
+	$(PY) proto/aeguard_build.py
+	touch $@
 
 proto: $(STUBS)
 
@@ -62,15 +61,21 @@ test-fast: install $(NODE_STAMP) system-deps
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check service training tests deploy
-	$(VENV)/bin/ruff format --check service training tests deploy
-	$(VENV)/bin/mypy service training
+	$(VENV)/bin/ruff check service training tests deploy proto
+	$(VENV)/bin/ruff format --check service training tests deploy proto
+	$(VENV)/bin/mypy service training proto/aeguard_build.py
 
 bench: install
 	$(PY) -m service.bench
 
+# ADBench's classical .npz files (github.com/Minqi824/ADBench, adbench/datasets/Classical/):
+# `make quality ADBENCH=DIR`, or AEGUARD_ADBENCH_DIR=DIR in the environment.
+ADBENCH ?= $(AEGUARD_ADBENCH_DIR)
+
 quality: install
-	$(PY) -m service.cli benchmark ../shared/datasets/adbench --out docs/quality.md
+	$(PY) -m service.cli benchmark $(ADBENCH) --out docs/quality.md
 
 clean:
-	rm -rf $(VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache aeguard.egg-info build dist \
+		tests/node/node_modules
+	find service training tests deploy proto -name __pycache__ -type d -prune -exec rm -rf {} +
