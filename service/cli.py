@@ -1,4 +1,4 @@
-"""`aeguard ...`: the one command-line entry point. Each sub-command lives in its own module.
+"""`aeguard ...`: the one command-line entry point; each sub-command lives in its own module.
 
 A sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``. It is imported
 only when that sub-command (or its ``--help``) is used, and must import heavy libraries (torch,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,9 +50,45 @@ def _missing_extra(exc: ModuleNotFoundError) -> str | None:
     return f"this command needs '{top}', which comes with the '{extra}' extra: pip install 'aeguard[{extra}]'"
 
 
+#: What `aeguard --help` says to a user (the module docstring above is for developers).
+DESCRIPTION = """\
+Anomaly detection with an undercomplete autoencoder: train a model on normal data into one ONNX file,
+then score new data with it, over gRPC (with Prometheus metrics) or in batch.
+Higher scores are more anomalous; the thresholds stored in the model decide what is flagged."""
+
+EPILOG = """\
+first steps:
+  aeguard demo                                      train the built-in example model, then serve it
+  aeguard train data.csv --label-column label --out model.onnx
+  aeguard inspect model.onnx                        thresholds, features, quality, training figures
+  aeguard serve --model model.onnx                  gRPC on 127.0.0.1:50051, metrics on :9464
+  aeguard score --model model.onnx --input events.parquet --output scores.parquet
+
+`aeguard COMMAND --help` lists a command's options. Exit codes: 0 ok, 2 bad input or settings
+(one line on stderr saying what to fix), 3 a missing optional extra, 130 interrupted."""
+
+
+def package_version() -> str:
+    """The installed aeguard's version, or ``unknown`` when run from a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aeguard")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """Build the parser, importing only the module of the sub-command being asked for."""
-    parser = argparse.ArgumentParser(prog="aeguard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="aeguard",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"aeguard {package_version()}", help="print the version"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if a in COMMANDS), None)
@@ -73,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(levelname)s %(name)s: %(message)s",
         )
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        # Flush here, inside the handlers, so a reader that went away surfaces as BrokenPipeError below
+        # rather than at interpreter exit.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except AeguardError as exc:
         print(f"aeguard: error: {exc.message}", file=sys.stderr)
         return 2
@@ -86,6 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aeguard: interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed early (``aeguard inspect m.onnx | head -1``): stop quietly, like cat."""
+    # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail too.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    # 128 + SIGPIPE, what a shell reports for cat or grep in the same place.
+    return 141
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -43,3 +44,35 @@ def test_serving_modules_do_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_version_and_help_speak_to_a_user(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"aeguard {cli.package_version()}"
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    # What the tool is for and how to start, not how its modules are laid out.
+    assert "anomal" in text.lower() and "aeguard demo" in text and "--version" in text
+    assert "module" not in text.lower()
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tiny_model_path) -> None:
+    """`aeguard inspect m.onnx | head -1`: the reader leaves early; no traceback, the exit status of cat."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, as once `head` has exited
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "inspect", str(tiny_model_path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 141
