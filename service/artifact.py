@@ -165,3 +165,65 @@ def describe_networks(architecture: dict[str, Any]) -> str:
         for layers, act in zip(sizes, activations, strict=False)
     ]
     return parts[0] if len(parts) == 1 else f"{len(parts)} networks averaged: " + "; ".join(parts)
+
+
+def describe_training(training: dict[str, Any]) -> str:
+    """Epochs and best epochs of the network, or of each network of an ensemble, from ``training``.
+
+    An ensemble's networks train one after another, each to its own early stop, so each has its own
+    epoch count; models written before ``members`` was recorded show the epoch counts they have.
+    """
+    members = training.get("members") or []
+    if len(members) > 1:
+        epochs = " / ".join(str(m.get("epochs_run")) for m in members)
+        best = " / ".join(str(m.get("best_epoch")) for m in members)
+        stopped = sum(1 for m in members if m.get("stopped_early"))
+        return f"{len(members)} networks: {epochs} epochs (best {best}; {stopped} stopped early)"
+    counts = training.get("member_epochs_run") or []
+    if len(counts) > 1:
+        return f"{len(counts)} networks: {' / '.join(map(str, counts))} epochs"
+    early = ", stopped early" if training.get("stopped_early") else ""
+    return f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}{early})"
+
+
+def describe_threshold(threshold: Threshold, n_calibration: int | None = None) -> str:
+    """How a threshold was chosen, in words: ``quantile 0.99``, ``F1-optimal (F1 0.912 on tuning)``.
+
+    With ``n_calibration``, a quantile or false-positive rate finer than that many calibration
+    scores can resolve says so: its value is then simply the largest calibration score.
+    """
+    t = threshold
+    if t.method == "f1":
+        return "F1-optimal on the tuning split" + ("" if t.param is None else f" (F1 {t.param:.3f} there)")
+    if t.method == "fixed":
+        return "fixed"
+    text = f"{t.method} {t.param:g}" if t.param is not None else t.method
+    tail = None if t.param is None else (1 - t.param if t.method == "quantile" else t.param)
+    if n_calibration and tail is not None and tail * n_calibration < 1:
+        text += f" ({n_calibration} calibration rows cannot resolve it: this is their largest score)"
+    return text
+
+
+def uses_tuning_split(thresholds: list[Threshold]) -> bool:
+    """Whether any threshold was tuned on the tuning split (only ``f1`` ones are); else it is unused."""
+    return any(t.method == "f1" for t in thresholds)
+
+
+def describe_parity(export: dict[str, Any]) -> str:
+    """The export's torch-vs-onnxruntime check as a verdict first, then its figures.
+
+    The tolerance is relative as well as absolute, so the absolute difference alone (about 1 on
+    outputs in the thousands, such as a reconstruction in raw units) would read like a failure.
+    """
+    tol = export.get("parity_tolerance")
+    if not tol or "parity_max_abs_diff" not in export:
+        return f"max |torch - onnxruntime| {export.get('parity_max_abs_diff', '?')}"
+    worst = export.get("parity_worst_fraction_of_tolerance")
+    share = "" if worst is None else f"; the worst output value used {worst:.0%} of its tolerance"
+    diff = export["parity_max_abs_diff"]
+    # Above atol, only the relative term can have allowed it: the value there is large.
+    where = ", on a large value" if diff > tol["atol"] else ""
+    return (
+        f"ok: onnxruntime reproduces torch on {export['parity_rows']} rows within "
+        f"{tol['atol']:g} + {tol['rtol']:g} x |value|{share} (largest absolute difference {diff:.2g}{where})"
+    )

@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from service.artifact import ModelMetadata, describe_networks
+from service.artifact import (
+    ModelMetadata,
+    describe_networks,
+    describe_parity,
+    describe_threshold,
+    describe_training,
+    uses_tuning_split,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +31,27 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _calibration_line(meta: ModelMetadata, n_calibration: int | None) -> str:
+    """Calibration score quantiles, leaving out the tails the calibration rows cannot resolve.
+
+    The stored quantiles interpolate between neighbouring scores, whereas quantile thresholds take
+    the next score up; where fewer than 1 / (1 - q) rows exist the two differ widely (q0.999 of 975
+    rows: an interpolation between the two largest scores against the largest one), so such a
+    quantile would seem to contradict a threshold with the same name.
+    """
+    dist = dict(zip(meta.score_distribution.probabilities, meta.score_distribution.values, strict=True))
+    picks = [
+        p
+        for p in (0.5, 0.9, 0.99, 0.999)
+        if p in dist and (not n_calibration or (1 - p) * n_calibration >= 1)
+    ]
+    parts = [f"q{p:g} {dist[p]:.4g}" for p in picks]
+    if 1.0 in dist:
+        parts.append(f"max {dist[1.0]:.4g}")
+    rows = f" ({n_calibration} held-out normal rows)" if n_calibration else ""
+    return f"calibration    score{rows} " + ", ".join(parts)
+
+
 def format_metadata(meta: ModelMetadata, source: str) -> str:
     """The metadata as aligned, readable lines."""
     lines = [
@@ -39,24 +67,23 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
             f"(tied weights {arch.get('tied_weights')}, "
             f"denoise {arch.get('denoise_sigma')}, {arch.get('weight_count')} weights)"
         )
+    tr = meta.training
+    split = tr.get("split_rows") if tr else None
+    n_calibration = split.get("calibration") if split else None
     lines.append("thresholds     (a score >= value is flagged; the lowest decides is_anomaly)")
     for t in meta.thresholds:
-        param = "" if t.param is None else f" {t.param:g}"
-        lines.append(f"  {t.name:<12} {t.value:<12.6g} {t.method}{param}")
-    dist = dict(zip(meta.score_distribution.probabilities, meta.score_distribution.values, strict=True))
-    picks = [p for p in (0.5, 0.9, 0.99, 0.999, 1.0) if p in dist]
-    lines.append("calibration    score " + ", ".join(f"q{p:g} {dist[p]:.4g}" for p in picks))
-    tr = meta.training
+        lines.append(f"  {t.name:<12} {t.value:<12.6g} {describe_threshold(t, n_calibration)}")
+    lines.append(_calibration_line(meta, n_calibration))
     if tr:
         lines.append(f"training       {tr.get('rows')} rows from {tr.get('source') or '?'}")
         lines.append(
-            f"               {tr.get('epochs_run')} epochs (best {tr.get('best_epoch')}), "
-            f"seed {tr.get('seed')}, "
+            f"               {describe_training(tr)}, seed {tr.get('seed')}, "
             f"{tr.get('duration_s')} s, fingerprint {str(tr.get('fingerprint_sha256', ''))[:16]}"
         )
-    split = tr.get("split_rows") if tr else None
     if split:
-        order = ("train", "validation", "calibration", "tuning", "evaluation")
+        # The tuning split exists only for F1 thresholds; otherwise it is the calibration split again.
+        tuning = ("tuning",) if uses_tuning_split(meta.thresholds) else ()
+        order = ("train", "validation", "calibration", *tuning, "evaluation")
         lines.append("split          " + ", ".join(f"{k} {split[k]}" for k in order if k in split))
     ev = meta.evaluation
     if ev:
@@ -79,11 +106,8 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
                 f"real error{' (WARNING: copying?)' if ident['copying'] else ''}"
             )
     if meta.export:
-        lines.append(
-            "export         parity max |torch - onnxruntime| "
-            f"{meta.export.get('parity_max_abs_diff', 0):.3g}, "
-            f"opset {meta.export.get('opset')}"
-        )
+        opset = meta.export.get("opset")
+        lines.append(f"export         opset {opset}; parity {describe_parity(meta.export)}")
     if meta.versions:
         lines.append(f"versions       {_fmt(meta.versions)}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -80,6 +81,8 @@ class TrainResult:
     feature_names: list[str]
     duration_s: float
     fit_seed: int = 0
+    #: Every network of the ensemble, ``fit`` first (the report draws each one's learning curves).
+    member_fits: list[FitResult] = field(default_factory=list)
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -349,6 +352,18 @@ def train_model(
             },
             "epochs_run": len(fitted.train_loss),
             "member_epochs_run": [len(f.train_loss) for f in member_fits],
+            # Each network of an ensemble trains to its own early stop: the summary, inspect and the
+            # report describe every one, not only the first (whose figures the keys above hold).
+            "members": [
+                {
+                    "epochs_run": len(f.train_loss),
+                    "best_epoch": f.best_epoch,
+                    "stopped_early": f.stopped_early,
+                    "train_loss": f.train_loss[f.best_epoch - 1],
+                    "validation_loss": f.validation_loss[f.best_epoch - 1],
+                }
+                for f in member_fits
+            ],
             "best_epoch": fitted.best_epoch,
             "stopped_early": fitted.stopped_early,
             "train_loss": fitted.train_loss[fitted.best_epoch - 1],
@@ -372,6 +387,7 @@ def train_model(
         feature_names=list(feature_names),
         duration_s=time.perf_counter() - started,
         fit_seed=config.seed,
+        member_fits=list(member_fits),
     )
     if out_path is not None:
         export_model(result, out_path)
@@ -415,12 +431,14 @@ def _note_quantile_resolution(thresholds: list[Threshold], n_calibration: int) -
             tail = t.param
         if tail is not None and tail * n_calibration < 1:
             log.info(
-                "threshold '%s' (%s %s) asks for a finer tail than %d calibration rows resolve; "
-                "it sits at the largest calibration score",
+                "threshold '%s' (%s %g) needs at least %d calibration rows to be resolved; with %d it is "
+                "the largest calibration score (train on more normal rows, or ask for a coarser %s)",
                 t.name,
                 t.method,
                 t.param,
+                math.ceil(1 / tail),
                 n_calibration,
+                t.method,
             )
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.artifact import describe_threshold
+
 if TYPE_CHECKING:
     from training.api import TrainResult
 
@@ -46,21 +48,38 @@ def _save(fig: Any, path: Path) -> str:
 
 
 def plot_learning_curves(result: TrainResult, path: Path) -> str:
-    """Train and validation loss per epoch, with the restored best epoch marked."""
+    """Save :func:`learning_curves_figure` to ``path``; return the file name."""
+    return _save(learning_curves_figure(result), path)
+
+
+def learning_curves_figure(result: TrainResult) -> Any:
+    """Train and validation loss per epoch, with the restored best epoch marked: one panel per network.
+
+    An ensemble's networks train one after another, each to its own early stop, so each gets its
+    own panel (the first network's curves alone would describe a third of the model).
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    epochs = np.arange(1, len(result.fit.train_loss) + 1)
-    ax.plot(epochs, result.fit.train_loss, label="train", color=_NORMAL_COLOR)
-    ax.plot(epochs, result.fit.validation_loss, label="validation", color="#55A868")
-    ax.axvline(
-        result.fit.best_epoch, color="#888888", ls="--", lw=1, label=f"best epoch ({result.fit.best_epoch})"
+    fits = result.member_fits or [result.fit]
+    activations = [a.strip() for a in str(result.metadata.architecture.get("activation", "")).split(",")]
+    fig, axes = plt.subplots(
+        1, len(fits), figsize=(7 if len(fits) == 1 else 4.2 * len(fits), 4), squeeze=False
     )
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean squared error (scaled space)")
-    ax.set_title("Learning curves")
-    ax.legend()
-    return _save(fig, path)
+    for i, (fit, ax) in enumerate(zip(fits, axes.flat, strict=True)):
+        epochs = np.arange(1, len(fit.train_loss) + 1)
+        ax.plot(epochs, fit.train_loss, label="train", color=_NORMAL_COLOR)
+        ax.plot(epochs, fit.validation_loss, label="validation", color="#55A868")
+        ax.axvline(fit.best_epoch, color="#888888", ls="--", lw=1, label=f"best epoch ({fit.best_epoch})")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        if len(fits) > 1:
+            act = activations[i] if i < len(activations) else ""
+            ax.set_title(f"network {i + 1} of {len(fits)} ({act})".replace(" ()", ""), fontsize=10)
+        if i == 0:
+            ax.set_ylabel("mean squared error (scaled space)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Learning curves" + (f": each of the {len(fits)} networks" if len(fits) > 1 else ""))
+    fig.tight_layout()
+    return fig
 
 
 def _normal_anomalous(result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +242,7 @@ def plot_coding_units(result: TrainResult, path: Path, tops: list[np.ndarray]) -
             ax.plot(np.arange(d), r, color="#999999", lw=0.8, alpha=0.7)
         ax.plot(np.arange(d), profile.mean(axis=0), color=_NORMAL_COLOR, lw=2, marker="o", ms=3)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set_title(f"coding unit {unit}: top {len(tops[unit])} training rows", fontsize=9)
+        ax.set_title(f"coding unit {unit + 1}: top {len(tops[unit])} training rows", fontsize=9)
         ax.set_xticks(np.arange(d), result.feature_names if d <= 30 else [""] * d, rotation=90, fontsize=7)
         ax.set_ylabel("standard units", fontsize=8)
     fig.suptitle("What each coding unit responds to (grey: rows, blue: their mean, 0 = feature average)")
@@ -245,14 +264,13 @@ def _threshold_table(result: TrainResult) -> str:
         cells = [
             html.escape(t.name),
             f"{t.value:.5g}",
-            html.escape(t.method),
-            "" if t.param is None else f"{t.param:g}",
+            html.escape(describe_threshold(t, result.metadata.training["split_rows"]["calibration"])),
         ]
         cells.append(f"{100 * m.get('flagged_rate', 0):.2f} %")
         cells += [f"{m[k]:.3f}" if k in m else "-" for k in ("precision", "recall", "f1")]
         rows.append(cells)
     return _table(
-        ["level", "value", "method", "param", "flagged (of evaluation rows)", "precision", "recall", "F1"],
+        ["level", "value", "chosen as", "flagged (of evaluation rows)", "precision", "recall", "F1"],
         rows,
     )
 
@@ -266,11 +284,12 @@ def _coding_table(result: TrainResult, codes_tops: list[np.ndarray], codes: np.n
         body = []
         for r in rows:
             act = codes[position[int(r)], unit]
-            body.append([str(int(r)), f"{act:.3f}", *(f"{v:.4g}" for v in result.x[r, : len(shown)])])
+            # Rows counted from 1 in the data, as `aeguard score` counts them.
+            body.append([str(int(r) + 1), f"{act:.3f}", *(f"{v:.4g}" for v in result.x[r, : len(shown)])])
         more = " (first 12 features)" if len(names) > 12 else ""
         parts.append(
-            f"<h4>coding unit {unit}{more}</h4>"
-            + _table(["row", "activation", *(html.escape(n) for n in shown)], body)
+            f"<h4>coding unit {unit + 1}{more}</h4>"
+            + _table(["row (from 1)", "activation", *(html.escape(n) for n in shown)], body)
         )
     return "\n".join(parts)
 
@@ -337,12 +356,16 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
             "Which features the model fails to reconstruct; for anomalies, the features that explain them.",
         )
     )
+    # The weights and codings shown are the first network's: its codings are the model's `codes`.
+    ensemble = len(result.member_fits) > 1
+    of_first = " of the first network" if ensemble else ""
+    codes_note = " of the first network (the model's codes)" if ensemble else ""
     figures.append(
         (
             plot_first_layer(result, out / "first_layer_weights.png"),
             "First-layer weights",
-            "Each panel is one neuron; bars are its weights on the (standardised) input features. Neurons "
-            "mixing several features are what capture correlations.",
+            f"Each panel is one neuron{of_first}; bars are its weights on the (standardised) input "
+            "features. Neurons mixing several features are what capture correlations.",
         )
     )
     codes, tops = coding_unit_rows(result)
@@ -350,8 +373,9 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
         (
             plot_coding_units(result, out / "coding_units.png", tops),
             "Coding units",
-            "For each unit of the coding layer, the training rows that drive it highest, in standard units "
-            "per feature: the pattern that unit encodes. The rows are listed below.",
+            f"For each unit of the coding layer{codes_note}, the training rows that drive it highest, in "
+            "standard units per feature: the pattern that unit encodes. The rows are listed below, "
+            "numbered from 1 in the data as `aeguard score` numbers them.",
         )
     )
     (out / "metadata.json").write_text(json.dumps(json.loads(meta.to_json()), indent=2, sort_keys=True))

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from service.artifact import describe_networks
+from service.artifact import (
+    describe_networks,
+    describe_parity,
+    describe_threshold,
+    describe_training,
+    uses_tuning_split,
+)
 
 if TYPE_CHECKING:
     from training.api import TrainResult
@@ -13,6 +19,14 @@ if TYPE_CHECKING:
 
 def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _losses(train: dict[str, Any]) -> str:
+    members = train.get("members") or []
+    if len(members) > 1:
+        pairs = " | ".join(f"{_fmt(m['train_loss'])} / {_fmt(m['validation_loss'])}" for m in members)
+        return f"train / validation at each network's best epoch: {pairs}"
+    return f"train {_fmt(train['train_loss'])} / validation {_fmt(train['validation_loss'])} (best epoch)"
 
 
 def format_summary(result: TrainResult, report_index: Path | None = None) -> str:
@@ -43,19 +57,15 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             "split",
             f"train {split['train']} | validation {split['validation']} | calibration {split['calibration']}"
             f" | evaluation {split['evaluation']}"
-            + (f" | tuning {split['tuning']}" if split["tuning"] != split["calibration"] else ""),
+            + (f" | tuning {split['tuning']}" if uses_tuning_split(meta.thresholds) else ""),
         ),
         (
             "network",
             describe_networks(arch) + f" (tied weights {'yes' if arch['tied_weights'] else 'no'}, "
             f"denoise {arch['denoise_sigma']:g}, {arch['weight_count']} weights)",
         ),
-        (
-            "training",
-            f"{train['epochs_run']} epochs (best {train['best_epoch']}"
-            f"{', stopped early' if train['stopped_early'] else ''}), loss train {_fmt(train['train_loss'])}"
-            f" / validation {_fmt(train['validation_loss'])}, {train['duration_s']:.1f} s",
-        ),
+        ("training", f"{describe_training(train)}, {train['duration_s']:.1f} s"),
+        ("loss", _losses(train)),
     ]
     per = ev.get("thresholds", {})
     for i, t in enumerate(meta.thresholds):
@@ -66,10 +76,8 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             if "precision" in m
             else f"  flags {100 * m.get('flagged_rate', 0):.2f}% of held-out rows"
         )
-        param = "" if t.param is None else f" {t.param:g}"
-        rows.append(
-            ("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} ({t.method}{param}){quality}")
-        )
+        how = describe_threshold(t, split["calibration"])
+        rows.append(("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} ({how}){quality}"))
     if "roc_auc" in ev:
         rows.append(
             (
@@ -91,15 +99,7 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             )
         )
     if exp:
-        tol = exp["parity_tolerance"]
-        rows.append(
-            (
-                "parity",
-                f"max |torch - onnxruntime| {exp['parity_max_abs_diff']:.2g} on {exp['parity_rows']} rows "
-                f"(tolerance {tol['atol']:g} + {tol['rtol']:g}*|torch|; worst value at "
-                f"{exp.get('parity_worst_fraction_of_tolerance', float('nan')):.0%} of it)",
-            )
-        )
+        rows.append(("parity", describe_parity(exp)))
     if report_index is not None:
         rows.append(("report", str(report_index)))
     width = max(len(k) for k, _ in rows)
