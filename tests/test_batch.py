@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from batch_support import leftovers, read_output, score, summary_json, tiny_table, write_parquet
 
+from service.cli import main
 from service.scorer import Scorer, top_features
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +174,8 @@ def test_json_summary_counts_match_the_output(parquet_in, tiny_model_path, tmp_p
     assert doc["anomaly_rows"] == sum(result.column("is_anomaly").to_pylist()) > 0
     assert doc["model_name"] == "tiny" and doc["engine"] == "local"
     assert doc["wall_s"] > 0 and doc["rows_per_s"] > 0
+    # The whole run (model load included) is the time printed first and pushed; scoring is part of it.
+    assert doc["total_s"] >= doc["wall_s"]
 
 
 def test_text_summary(parquet_in, tiny_model_path, tmp_path, capsys):
@@ -180,6 +183,7 @@ def test_text_summary(parquet_in, tiny_model_path, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "scored 640 of 640 rows with model 'tiny'" in text
     assert "anomalies:" in text and "warning" in text and "critical" in text and "rows/s" in text
+    assert re.search(r"time: [\d.]+ s in all; reading, scoring and writing [\d.]+ s", text), text
 
 
 def test_missing_feature_columns_are_listed_and_nothing_is_written(table, tiny_model_path, tmp_path, capsys):
@@ -313,7 +317,15 @@ def test_output_that_is_a_directory_or_unwritable(parquet_in, tiny_model_path, t
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert score("--model", tiny_model_path, "--input", parquet_in, "--output", blocker / "o.parquet") == 2
-    assert "cannot create its directory" in capsys.readouterr().err
+    assert f"{blocker} is not a directory" in capsys.readouterr().err
+
+
+def test_output_in_a_missing_directory_is_refused_not_created(parquet_in, tiny_model_path, tmp_path, capsys):
+    missing = tmp_path / "no_such_dir"
+    assert score("--model", tiny_model_path, "--input", parquet_in, "--output", missing / "x.parquet") == 2
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist; create it first" in err and err.count("\n") == 1
+    assert not missing.exists()
 
 
 def test_unreadable_inputs(tiny_model_path, tmp_path, capsys):
@@ -488,7 +500,28 @@ def test_severity_column_is_consistent_with_normalized_score(parquet_in, tiny_mo
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_empty_input_gives_an_empty_output_with_the_full_schema(
+def test_empty_input_is_refused_like_train_refuses_it(table, tiny_model_path, tmp_path, capsys, suffix):
+    empty = table.slice(0, 0)
+    if suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        source = tmp_path / "empty.csv"
+        pacsv.write_csv(empty, source)
+    else:
+        source = write_parquet(empty, tmp_path / "empty.parquet")
+    out = tmp_path / f"out{suffix}"
+    assert score("--model", tiny_model_path, "--input", source, "--output", out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aeguard: error:") and "has no rows" in err and "--allow-empty" in err
+    assert not out.exists() and leftovers(tmp_path) == []
+    # `aeguard train` refuses the same file with exit 2 too.
+    if suffix == ".csv":
+        assert main(["train", str(source), "--out", str(tmp_path / "m.onnx"), "--no-progress"]) == 2
+        assert "no rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_allow_empty_gives_an_empty_output_with_the_full_schema(
     table, tiny_model_path, tmp_path, capsys, suffix
 ):
     empty = table.slice(0, 0)
@@ -501,9 +534,12 @@ def test_empty_input_gives_an_empty_output_with_the_full_schema(
         source = write_parquet(empty, tmp_path / "empty.parquet")
     out = tmp_path / f"out{suffix}"
     assert (
-        score("--model", tiny_model_path, "--input", source, "--output", out, "--id-column", "id", "--json")
+        score(
+            "--model", tiny_model_path, "--input", source, "--output", out, "--id-column", "id", "--json",
+            "--allow-empty",
+        )
         == 0
-    )
+    )  # fmt: skip
     assert summary_json(capsys.readouterr().out)["rows"] == 0
     result = read_output(out)
     assert result.num_rows == 0

@@ -89,7 +89,9 @@ def test_job_metrics_are_pushed_and_a_failed_run_keeps_the_last_success(
         assert metrics[key] == doc["anomalies"][severity]
     assert sum(doc["anomalies"].values()) > 0
     duration = metrics[("aeguard_batch_duration_seconds", ())]
+    # One figure: the summary's total (model load included) is what the gateway gets.
     assert doc["wall_s"] <= duration < after - before
+    assert duration == pytest.approx(doc["total_s"], abs=0.001)
     last_success = metrics[("aeguard_batch_last_success_timestamp_seconds", ())]
     assert before <= last_success <= after
 

@@ -114,3 +114,13 @@ def test_learning_curves_show_every_network(tiny_dataset):
     assert titles == ["network 1 of 2 (tanh)", "network 2 of 2 (gelu)"]
     epochs = [len(ax.get_lines()[0].get_xdata()) for ax in fig.axes]
     assert epochs == [len(f.train_loss) for f in result.member_fits]
+
+
+def test_evaluate_nan_message_suggests_only_what_evaluate_can_do(tiny_model_path, tmp_path, capsys):
+    data = tmp_path / "nan.csv"
+    data.write_text("f0,f1,f2,f3,f4,f5,f6,f7\n1,2,3,,5,6,7,8\n1,2,3,4,5,6,7,8\n")
+    assert main(["evaluate", str(tiny_model_path), str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "'f3'" in err and "Clean or drop those rows" in err
+    # evaluate reads exactly the model's features: no option of its own leaves one out.
+    assert "`aeguard train` can also leave a column out with --exclude-columns" in err

@@ -127,7 +127,8 @@ def check_matrix(
         rows = int((~finite).any(axis=1).sum())
         raise DataError(
             f"non-finite values in {len(bad_cols)} column(s): {'; '.join(parts)}{more}; {rows} of {n} row(s) "
-            "affected. Clean or drop those rows, or leave the column out with --exclude-columns"
+            "affected. Clean or drop those rows (`aeguard train` can also leave a column out with "
+            "--exclude-columns)"
         )
     y = check_labels(labels, n) if labels is not None else None
     return x32, y

@@ -106,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows with missing, non-numeric, NaN or infinite features: fail naming them and write "
         "nothing (default), or flag: write them with null scores and an 'error' column",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="an input without rows gives an empty output with the full schema (default: refused, "
+        "as `aeguard train` and `evaluate` refuse it)",
+    )
     parser.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
     parser.add_argument(
         "--pushgateway", metavar="URL", help="push job metrics to this Prometheus Pushgateway"
@@ -145,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         keep_columns=tuple(c.strip() for c in args.keep_columns.split(",") if c.strip()),
         top_k=args.top_k,
         on_bad_rows=args.on_bad_rows,
+        allow_empty=args.allow_empty,
         threads=args.threads,
         pushgateway=args.pushgateway,
         progress=not args.no_progress and not args.json,
@@ -234,8 +241,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _interrupt_on_sigterm():
             summary = run_job(config)
+            summary.total_s = time.perf_counter() - started
     finally:
         if config.pushgateway:
-            _push(config.pushgateway, summary, time.perf_counter() - started)
+            # The summary's own total when there is one: the printed and the pushed time are one figure.
+            _push(config.pushgateway, summary, summary.total_s if summary else time.perf_counter() - started)
     print(summary.to_json() if args.json else summary.to_text(), file=sys.stdout)
     return 0

@@ -52,6 +52,8 @@ class BatchConfig:
     """Further input columns copied to the output."""
     top_k: int = 0
     """Add the ``top_k`` features with the largest reconstruction error per row (names and errors)."""
+    allow_empty: bool = False
+    """Write an empty output (with the full schema) for an input without rows, instead of refusing it."""
     on_bad_rows: str = "fail"
     """``fail``: stop naming the first bad rows, write nothing; ``flag``: keep them with an ``error``."""
     threads: int = 1

@@ -33,6 +33,16 @@ def check_paths(config: BatchConfig) -> None:
         raise DataError(f"output {config.output_path} is the input file; choose another path")
 
 
+def empty_input_message(path: str) -> str:
+    """Why an input without rows is refused, as `aeguard train` and `evaluate` refuse one."""
+    # A scheduled job that finds no rows usually means the producer broke; failing makes that visible
+    # (the run pushes no success, so the staleness alert fires) instead of writing an empty result.
+    return (
+        f"input {path} has no rows (only a header, or no data): nothing to score, nothing was written; "
+        "--allow-empty writes an empty output instead"
+    )
+
+
 def bad_rows_message(bad: Sequence[BadRow], offset: int, csv_input: bool) -> str:
     """Name the first bad rows by their 1-based data-row number in the input (and CSV line)."""
     shown = []
@@ -105,6 +115,8 @@ def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, 
                 if item["values"] in summary.anomalies:
                     summary.anomalies[item["values"]] += item["counts"]
             bar.update(out.num_rows)
+        if summary.rows == 0 and not config.allow_empty:
+            raise DataError(empty_input_message(config.input_path))
         write_behind.wait()
         writer.commit()
     summary.wall_s = time.perf_counter() - started

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
 from service.batch.io import Input, atomic_directory
-from service.batch.local import check_paths
+from service.batch.local import check_paths, empty_input_message
 from service.batch.rows import ERROR_COLUMN, OutputSpec, score_batch
 from service.batch.summary import Summary
 from service.errors import AeguardError, DataError
@@ -175,6 +175,8 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
                     raise DataError(found.group(1).strip()) from None
                 raise AeguardError(f"the Spark job failed: {str(exc).splitlines()[0][:500]}") from exc
             _count(spark.read.parquet(str(tmp)), summary)
+            if summary.rows == 0 and not config.allow_empty:
+                raise DataError(empty_input_message(config.input_path))
         summary.wall_s = time.perf_counter() - started
         return summary
     finally:
