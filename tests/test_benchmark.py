@@ -113,12 +113,31 @@ def test_bad_arguments_are_user_errors(
     assert needle in capsys.readouterr().err
 
 
-def test_missing_directory_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_directory_says_where_adbench_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AEGUARD_ADBENCH_DIR", raising=False)
     assert main(["benchmark", str(tmp_path / "absent")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "adbench/datasets/Classical/" in err and err.count("\n") == 1
+    assert main(["benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert "AEGUARD_ADBENCH_DIR" in err and "adbench/datasets/Classical/" in err
 
 
-def test_aeguard_detector_is_scored_through_its_onnx_file(npz_dir: Path, tmp_path: Path) -> None:
+def test_directory_from_the_environment(
+    npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AEGUARD_ADBENCH_DIR", str(npz_dir))
+    out = tmp_path / "q.md"
+    argv = ["benchmark", "--detectors", "ecod", "--seeds", "0", "--jobs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert f"aeguard benchmark {npz_dir}" in out.read_text()
+
+
+def test_aeguard_detector_is_scored_through_its_onnx_file(
+    npz_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     raw = tmp_path / "raw.csv"
     rc = main(
         ["benchmark", str(npz_dir), "--raw", str(raw), "--detectors", "aeguard", "--datasets", "small",
@@ -129,6 +148,8 @@ def test_aeguard_detector_is_scored_through_its_onnx_file(npz_dir: Path, tmp_pat
     assert row["error"] == ""
     assert float(row["roc_auc"]) > 0.95
     assert float(row["fit_cpu_s"]) > 0
+    # The warm-up fit on random rows gives no advice, least of all about a --coding-size benchmark lacks.
+    assert "--coding-size" not in caplog.text
 
 
 def test_summary_rows_have_one_cell_per_column(npz_dir: Path, tmp_path: Path) -> None:

@@ -23,7 +23,14 @@ from service.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIR = "../shared/datasets/adbench"
+#: Where the benchmark's data lives when no directory is given on the command line.
+DIR_VARIABLE = "AEGUARD_ADBENCH_DIR"
+#: Where a user gets the data: said whenever the directory is missing.
+WHERE_ADBENCH_IS = (
+    "ADBench's classical data sets are .npz files (arrays X and y) in the ADBench repository, "
+    "adbench/datasets/Classical/ (https://github.com/Minqi824/ADBench): clone or download that folder "
+    f"and pass it as DIR or in {DIR_VARIABLE}"
+)
 DEFAULT_SEEDS = "0,1,2"
 VERSIONED = ("aeguard", "numpy", "scikit-learn", "pyod", "torch", "onnxruntime", "onnx")
 
@@ -34,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "directory",
         nargs="?",
-        default=DEFAULT_DIR,
-        help=f"directory of NPZ files with X and y (default {DEFAULT_DIR})",
+        metavar="DIR",
+        help=f"directory of NPZ files with X and y, e.g. ADBench's adbench/datasets/Classical/ "
+        f"(default: ${DIR_VARIABLE})",
     )
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     parser.add_argument("--raw", type=Path, help="write every fit's figures to this CSV file")
@@ -60,6 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _csv(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def data_directory(given: str | None) -> Path:
+    """``given``, else ``$AEGUARD_ADBENCH_DIR``; a missing one is refused, saying where ADBench comes from."""
+    text = given or os.environ.get(DIR_VARIABLE, "")
+    if not text:
+        raise InvalidInputError(f"no data directory: give DIR or set {DIR_VARIABLE}. {WHERE_ADBENCH_IS}")
+    path = Path(text)
+    if not path.is_dir():
+        raise InvalidInputError(f"benchmark directory {path} does not exist. {WHERE_ADBENCH_IS}")
+    return path
 
 
 def _command(args: argparse.Namespace, detectors: list[str], seeds: list[int]) -> str:
@@ -106,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from training.benchmark_detectors import DETECTORS
     from training.benchmark_run import Result, Task, run_benchmark
 
+    args.directory = data_directory(args.directory)
     detectors = _csv(args.detectors)
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown or not detectors:
