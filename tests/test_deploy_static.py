@@ -45,8 +45,8 @@ DASHBOARD_TOPICS = (
     "versions",
 )
 
-#: The metric names agreed with the server and batch job (README "Metrics"); the dashboard and the
-#: rules may read only these and the recording rules built from them.
+#: The metric names agreed with the server and batch job (docs/operations.md, "Metrics"); the dashboard
+#: and the rules may read only these and the recording rules built from them.
 AGREED_METRICS = {
     "aeguard_rpc_requests_total",
     "aeguard_rpc_duration_seconds",
@@ -399,6 +399,9 @@ def test_cronjob_command_is_a_valid_aeguard_score_invocation(rendered: dict) -> 
     c = container(rendered["CronJob", "aeguard-score"])
     assert c["command"] == ["/bin/sh", "-c"]
     words = shlex.split(c["args"][0])
+    # `aeguard score` refuses an output directory that does not exist: the job creates it first.
+    assert words[:3] == ["mkdir", "-p", "/data/output"] and words[3] == "&&"
+    words = words[4:]
     assert words[:2] == ["exec", "aeguard"]
     argv = words[2:]
     args = build_parser(argv).parse_args(argv)
@@ -408,6 +411,7 @@ def test_cronjob_command_is_a_valid_aeguard_score_invocation(rendered: dict) -> 
     assert mounts[Path(config.model_path).parent.as_posix()]["readOnly"] is True
     assert config.pushgateway, "the staleness alert needs the job's metrics"
     assert any(config.output_path.startswith(p) and not m.get("readOnly") for p, m in mounts.items())
+    assert Path(config.output_path).parent == Path("/data/output")
 
 
 # -- Prometheus ----------------------------------------------------------------------------------

@@ -27,10 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def check_paths(config: BatchConfig) -> None:
-    """Refuse an output that would overwrite the input or has no known format."""
+    """Refuse an output that would overwrite the input, has no known format or no directory to go in."""
     output_format(config.output_path)
     if Path(config.output_path).resolve() == Path(config.input_path).resolve():
         raise DataError(f"output {config.output_path} is the input file; choose another path")
+    parent = Path(config.output_path).parent
+    if not parent.is_dir():
+        # A typo in a path should not silently grow a directory tree; the user creates it on purpose.
+        problem = "is not a directory" if parent.exists() else "does not exist; create it first"
+        raise DataError(f"output {config.output_path}: {parent} {problem}")
 
 
 def empty_input_message(path: str) -> str:
