@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = [sys.executable, "-m", "service.cli", "demo"]
 
@@ -53,3 +55,25 @@ def test_demo_prints_working_call_examples(tiny_model_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_default_model_training_logs_what_it_took(tmp_path, caplog):
+    """`make run`'s first start trains the default model: the log gives the real time, not a guess.
+
+    Slow tier: it trains the full default model (5 to 15 s).
+    """
+    import logging
+
+    from service.demo import ensure_default_model
+
+    caplog.set_level(logging.INFO, logger="service.demo")
+    path = ensure_default_model(tmp_path / "default.onnx")
+    assert path.stat().st_size > 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.demo"]
+    assert not any("a minute" in m for m in messages), messages
+    done = next(r for r in caplog.records if r.getMessage() == "trained the default model")
+    assert done.duration_s > 0
+    caplog.clear()
+    assert ensure_default_model(path) == path  # a second start reuses the file
+    assert [r.getMessage() for r in caplog.records] == ["using the existing default model"]
