@@ -49,7 +49,7 @@ NO_HISTORY_LEVEL = 0.10
 START_TIMEOUT_S = 60.0
 ALERT_TIMEOUT_S = 60.0
 
-#: Server-side metrics of the agreed list (README "Metrics"): exposed sample name -> labels.
+#: Server-side metrics of the agreed list (docs/operations.md, "Metrics"): exposed sample name -> labels.
 MV = frozenset({"model_name", "model_version"})
 SERVER_METRICS: dict[str, frozenset[str]] = {
     "aeguard_rpc_requests_total": frozenset({"method", "code"}),

@@ -181,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
         f"{TRAIN_FRACTION:.0%} of the normal rows is the training set for every detector; the test set is "
         f"the other {1 - TRAIN_FRACTION:.0%} plus every anomaly. Datasets over {args.max_rows:,} rows are "
         "subsampled first (stratified, fixed seed). Every detector runs with its default settings.",
+        "- Data: every .npz file (arrays X and y) in the directory; ADBench's classical sets are the "
+        "`adbench/datasets/Classical/` folder of https://github.com/Minqi824/ADBench",
+        "- How aeguard's defaults were tuned on these sets, and how to read small differences: "
+        "[training.md](training.md#defaults)",
     ]
     text = report.render_markdown(summary, datasets, results, header, {d: DETECTORS[d][1] for d in detectors})
     print(text)
