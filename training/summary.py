@@ -71,13 +71,13 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
     for i, t in enumerate(meta.thresholds):
         m = per.get(t.name, {})
         quality = (
-            f"  precision {_fmt(m['precision'], '.3f')} recall {_fmt(m['recall'], '.3f')}"
+            f"precision {_fmt(m['precision'], '.3f')} recall {_fmt(m['recall'], '.3f')}"
             f" F1 {_fmt(m['f1'], '.3f')}"
             if "precision" in m
-            else f"  flags {100 * m.get('flagged_rate', 0):.2f}% of held-out rows"
+            else f"flags {100 * m.get('flagged_rate', 0):.2f}% of held-out rows"
         )
         how = describe_threshold(t, split["calibration"])
-        rows.append(("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} ({how}){quality}"))
+        rows.append(("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} {how}: {quality}"))
     if "roc_auc" in ev:
         rows.append(
             (
