@@ -48,19 +48,10 @@ def server(tmp_path_factory):
     model = tmp_path_factory.mktemp("grpcurl") / "default.onnx"
     assert main(["train", "--default", "--out", str(model), "--max-epochs", "2", "--no-progress"]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("AEGUARD_")}
+    # One process: the commands, not the supervisor, are under test (and the machine may be busy).
+    argv = ["serve", "--model", str(model), "--port", "0", "--metrics-port", "0", "--processes", "1"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--model",
-            str(model),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
+        [sys.executable, "-m", "service.cli", *argv],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
