@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, BatchConfig
 from service.batch.summary import Summary
