@@ -210,8 +210,14 @@ class AtomicWriter:
         self.committed = False
 
     def __enter__(self) -> AtomicWriter:
-        with self._errors():
-            self._open()
+        try:
+            with self._errors():
+                self._open()
+        except BaseException:
+            # An interrupt (Ctrl-C, SIGTERM) can land after the writer created the file but before
+            # the `with` block holds this object, and then __exit__ never runs: remove it here.
+            self.__exit__(None, None, None)
+            raise
         return self
 
     @contextlib.contextmanager
