@@ -1,4 +1,5 @@
-"""README.md and docs/: the README stays short, links resolve, and the server's settings table is complete."""
+"""README.md and docs/: the README stays short, links resolve, and the settings, metrics and alerts
+tables name exactly what the code and the rule files define."""
 
 from __future__ import annotations
 
@@ -50,3 +51,17 @@ def test_serving_settings_table_names_every_setting():
     assert documented == fields, f"missing {sorted(fields - documented)}, gone {sorted(documented - fields)}"
     for f in dataclasses.fields(ServerConfig):
         assert f"`{ENV_PREFIX}{f.name.upper()}`" in table
+
+
+def test_operations_page_lists_every_agreed_metric_and_every_alert():
+    from test_deploy_static import AGREED_METRICS
+
+    page = (REPO / "docs" / "operations.md").read_text()
+    metrics = set(re.findall(r"^\| `(aeguard_\w+)`", page, flags=re.MULTILINE))
+    missing, gone = sorted(AGREED_METRICS - metrics), sorted(metrics - AGREED_METRICS)
+    assert not missing and not gone, f"metrics missing {missing}, gone {gone}"
+    rules = (REPO / "deploy" / "prometheus" / "rules" / "aeguard-alerts.yml").read_text()
+    alerts = set(re.findall(r"- alert: (\w+)", rules))
+    documented = set(re.findall(r"^\| `(Aeguard\w+)`", page, flags=re.MULTILINE))
+    missing, gone = sorted(alerts - documented), sorted(documented - alerts)
+    assert not missing and not gone, f"alerts missing {missing}, gone {gone}"
