@@ -76,3 +76,19 @@ def test_output_into_a_closed_pipe_stops_quietly(tiny_model_path) -> None:
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize("reader_open", [True, False])
+def test_only_a_closed_stdout_counts_as_the_reader_going_away(reader_open: bool) -> None:
+    """Any other BrokenPipeError (a socket of the command's own) must still surface, not exit quietly."""
+    read_end, write_end = os.pipe()
+    if not reader_open:
+        os.close(read_end)
+    code = "import sys; from service.cli import _stdout_reader_gone as g; sys.exit(3 if g() else 4)"
+    try:
+        result = subprocess.run([sys.executable, "-c", code], stdout=write_end, check=False, timeout=60)
+    finally:
+        os.close(write_end)
+        if reader_open:
+            os.close(read_end)
+    assert result.returncode == (4 if reader_open else 3)
