@@ -97,3 +97,20 @@ def test_a_cancelled_caller_does_not_break_its_group(plain, tiny_dataset):
     assert isinstance(results[1], asyncio.CancelledError)
     for i in (0, 2, 3):
         np.testing.assert_array_equal(results[i].score, plain.scorer.score(tiny_dataset.X[i : i + 1]).score)
+
+
+def test_a_delay_gathers_calls_that_arrive_within_it(plain, tiny_dataset):
+    seen: list[int] = []
+    batcher = MicroBatcher(max_rows=256, on_batch=lambda m, b: seen.append(len(b.score)), delay_s=0.05)
+
+    async def staggered():
+        async def late(i: int):
+            await asyncio.sleep(0.001 * i)  # separate loop turns, inside the 50 ms window
+            return await batcher.score(plain, tiny_dataset.X[i : i + 1])
+
+        return await asyncio.gather(*(late(i) for i in range(5)))
+
+    results = asyncio.run(staggered())
+    assert seen == [5]
+    for i, got in enumerate(results):
+        np.testing.assert_array_equal(got.score, plain.scorer.score(tiny_dataset.X[i : i + 1]).score)

@@ -280,7 +280,13 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
     # Error mapping, token checks and metrics on every method.
     instrumented = handle.instrumented = InstrumentedServer(server, handle.metrics, handle.auth)
     pb_grpc.add_AnomalyDetectorServicer_to_server(
-        AnomalyDetectorServicer(handle.store, handle.metrics, config.max_batch_rows, config.micro_batch_rows),
+        AnomalyDetectorServicer(
+            handle.store,
+            handle.metrics,
+            config.max_batch_rows,
+            config.micro_batch_rows,
+            config.micro_batch_delay_ms / 1000,
+        ),
         instrumented,
     )
     health_pb2_grpc.add_HealthServicer_to_server(handle.health, instrumented)

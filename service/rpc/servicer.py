@@ -34,13 +34,20 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     """Scoring, encoding and model descriptions over the model store."""
 
     def __init__(
-        self, store: ModelStore, metrics: Metrics, max_batch_rows: int, micro_batch_rows: int = 0
+        self,
+        store: ModelStore,
+        metrics: Metrics,
+        max_batch_rows: int,
+        micro_batch_rows: int = 0,
+        micro_batch_delay_s: float = 0.0,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._max_rows = max_batch_rows
         self._batcher = (
-            MicroBatcher(micro_batch_rows, on_batch=metrics.observe_scores) if micro_batch_rows else None
+            MicroBatcher(micro_batch_rows, on_batch=metrics.observe_scores, delay_s=micro_batch_delay_s)
+            if micro_batch_rows
+            else None
         )
         self._small_rows = min(SMALL_REQUEST_ROWS, micro_batch_rows)
         self._score_batch = metrics.batch_size.labels("Score")
