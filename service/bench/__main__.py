@@ -1,9 +1,11 @@
-"""`python -m service.bench` (`make bench`): serving throughput and latency against two baselines.
+"""`python -m service.bench` (`make bench`): serving throughput and latency against its floors.
 
-The same run measures aeguard (``aeguard serve`` in its own process), a no-op grpcio server with
-the same messages (the transport floor) and in-process onnxruntime on the same model (the compute
-limit), driven by one load generator in separate client processes, and prints the ratios. The
-batch job's figures (``service/bench/batch.py``) follow when that module is present.
+The same run measures aeguard (``aeguard serve`` with its default processes and with one), two
+no-op servers with the same messages (the transport floor: grpcio's sync server and ``grpc.aio``),
+aeguard with the micro-batcher on, and in-process onnxruntime on the same model (the compute
+limit), driven by one load generator in separate client processes, and prints the ratios and the
+issue's targets. The batch job's figures (``service/bench/batch.py``) follow. ``--only peers``
+(`make bench-peers`) measures Seldon MLServer beside aeguard instead (:mod:`service.bench.peers`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.bench import loadgen
 from service.errors import AeguardError
 
 log = logging.getLogger("service.bench")
@@ -35,7 +38,11 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["server", "batch"], help="run one part only (default: both)")
+    p.add_argument(
+        "--only",
+        choices=["server", "batch", "peers"],
+        help="run one part only (default: server and batch; peers only when asked: make bench-peers)",
+    )
     p.add_argument(
         "--model", type=Path, help="model to serve (default: models/default.onnx, trained if missing)"
     )
@@ -54,11 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="load-generator processes (default: one per core)",
     )
     p.add_argument(
+        "--channels",
+        type=int,
+        default=loadgen.DEFAULT_CHANNELS,
+        help="channels (TCP connections) per client process; calls are spread over them round-robin",
+    )
+    p.add_argument("--noop-workers", type=int, default=8, help="thread-pool size of the sync no-op server")
+    p.add_argument(
+        "--micro-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure aeguard with --micro-batch-rows 256 on batch-1 calls (8+ in flight)",
+    )
+    p.add_argument(
+        "--mlserver-python",
+        type=Path,
+        default=Path(".venv-mlserver/bin/python"),
+        help="python of MLServer's own virtual environment (--only peers)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="extra argument for `aeguard serve`, repeatable (e.g. --server-arg=--workers=32)",
+        help="extra argument for every `aeguard serve`, repeatable (e.g. --server-arg=--grace-s=1)",
     )
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where the JSON goes")
     return p
@@ -85,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
             model = ensure_model(args.model)
             doc["server"] = run_server_bench(model, args, log_dir=args.out_dir / "logs")
+        if args.only == "peers":
+            from service.bench.model import ensure_model
+            from service.bench.peers import run_peers_bench
+
+            doc["peers"] = run_peers_bench(ensure_model(args.model), args, log_dir=args.out_dir / "logs")
         if args.only in (None, "batch"):
             if importlib.util.find_spec("service.bench.batch") is None:
                 print("\nbatch benchmark: service/bench/batch.py is not present yet; skipped")
