@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", type=Path, help="model to serve (default: models/default.onnx, trained if missing)"
     )
-    p.add_argument("--duration-s", type=float, default=2.0, help="measured window per cell and round")
-    p.add_argument("--warmup-s", type=float, default=0.7, help="unmeasured load before each window")
+    p.add_argument("--duration-s", type=float, default=1.5, help="measured window per cell and round")
+    p.add_argument("--warmup-s", type=float, default=0.5, help="unmeasured load before each window")
     p.add_argument("--repeat", type=int, default=3, help="rounds per cell; the median round is reported")
     p.add_argument("--concurrency", type=_ints, default=[1, 8, 64], help="unary batch-1 calls in flight")
     p.add_argument("--batch-rows", type=_ints, default=[512, 4096], help="rows per request, large batches")
