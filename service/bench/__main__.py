@@ -36,6 +36,10 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _ints_or_none(text: str) -> list[int]:
+    return [] if text.strip().lower() == "none" else _ints(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.splitlines()[0])
     p.add_argument(
@@ -50,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-s", type=float, default=0.5, help="unmeasured load before each window")
     p.add_argument("--repeat", type=int, default=3, help="rounds per cell; the median round is reported")
     p.add_argument("--concurrency", type=_ints, default=[1, 8, 64], help="unary batch-1 calls in flight")
-    p.add_argument("--batch-rows", type=_ints, default=[512, 4096], help="rows per request, large batches")
+    p.add_argument(
+        "--batch-rows",
+        type=_ints_or_none,
+        default=[512, 4096],
+        help="rows per request, large batches ('none': batch-1 workloads only)",
+    )
     p.add_argument(
         "--batch-in-flight", type=int, default=4, help="requests in flight for the large-batch workloads"
     )

@@ -26,7 +26,15 @@ from typing import Any
 
 from service.bench import loadgen, report, targets, wire
 from service.bench.servers import HOST, ServerProcess, free_port, start_aeguard, start_noop
-from service.bench.serving import Side, Workload, build_rows, run_rounds, start_sides
+from service.bench.serving import (
+    Side,
+    Workload,
+    aeguard_processes,
+    build_rows,
+    run_rounds,
+    start_sides,
+    stop_sides,
+)
 from service.errors import AeguardError
 from service.scorer import Scorer
 
@@ -134,7 +142,7 @@ def run_peers_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> 
             print(
                 f"\npeers benchmark: {meta.name} ({meta.n_features} features) from {model}; "
                 "aeguard N = default "
-                f"settings ({sides[0].server.announcement.get('processes')} processes); MLServer 1.7 "
+                f"settings ({aeguard_processes(sides)} processes); MLServer 1.7 "
                 f"through {RUNTIME.name} (default: debug false; best: parallel_workers 0, adaptive "
                 f"batching 64 / 1 ms);\n{args.client_processes} client processes x {args.channels} channels; "
                 f"{args.duration_s:g} s per cell after {args.warmup_s:g} s warm-up, "
@@ -145,9 +153,8 @@ def run_peers_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> 
             rounds = run_rounds(pool, sides, WORKLOADS, meta.n_features, args)
         finally:
             pool.close()
-            for s in sides:
-                s.server.stop()
-    rows = build_rows(WORKLOADS, sides, rounds, None, os.cpu_count() or 1)
+            stop_sides(sides)
+    rows = build_rows(WORKLOADS, sides, rounds)
     print()
     print(report.format_tables(rows, [(s.key, s.label) for s in sides]))
     verdicts = [v for v in targets.serving_targets(rows) if v["value"] is not None]

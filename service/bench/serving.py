@@ -55,11 +55,12 @@ class Side:
 
     key: str  #: JSON key, e.g. "ae_default"
     label: str  #: column header
-    server: ServerProcess
+    server: ServerProcess | None  #: None for in-process scoring (``measure`` given)
     protocol: str = "aeguard"
     model: str = ""  #: model name sent (V2 protocol)
     applies: Callable[[Workload], bool] = field(default=lambda w: True)
     probe: Callable[[Any], bool] | None = None  #: readiness call for servers without health
+    measure: Callable[[Workload, argparse.Namespace], dict[str, Any]] | None = None  #: instead of a server
 
 
 def workloads(args: argparse.Namespace) -> list[Workload]:
@@ -73,6 +74,7 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
 def _specs(
     w: Workload, side: Side, n_features: int, pool: loadgen.ClientPool, args: argparse.Namespace
 ) -> list[loadgen.LoadSpec]:
+    assert side.server is not None
     start_at = time.time() + START_LEAD_S + args.warmup_s
     limit = ServerConfig.from_sources({}).message_limit_bytes
     return [
@@ -97,6 +99,9 @@ def measure_server(
     pool: loadgen.ClientPool, side: Side, w: Workload, n_features: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Drive one server with workload ``w``; rates, latencies and where the CPU time went."""
+    if side.measure is not None:
+        return side.measure(w, args)
+    assert side.server is not None
     specs = _specs(w, side, n_features, pool, args)
     pool.submit(list(specs))
     start_at = specs[0].start_at
@@ -151,7 +156,14 @@ def run_rounds(
 
 def start_sides(sides: list[Side]) -> None:
     for side in sides:
-        side.server.wait_serving(probe=side.probe)
+        if side.server is not None:
+            side.server.wait_serving(probe=side.probe)
+
+
+def stop_sides(sides: list[Side]) -> None:
+    for side in sides:
+        if side.server is not None:
+            side.server.stop()
 
 
 def base_sides(model: Path, log_dir: Path, args: argparse.Namespace, meta: Any, workers: int) -> list[Side]:
@@ -173,27 +185,28 @@ def base_sides(model: Path, log_dir: Path, args: argparse.Namespace, meta: Any, 
     return sides
 
 
-def in_process_rounds(
-    scorer: Scorer, workload_list: list[Workload], args: argparse.Namespace
-) -> dict[tuple[int, int], list[dict[str, Any]]]:
-    """In-process scoring, with every server gone, on as many threads as there are calls in flight (up
-    to one per core): the most this machine can score with this model."""
+def in_process_side(scorer: Scorer) -> Side:
+    """In-process scoring in this process, on as many threads as there are calls in flight (up to one
+    per core): the most this machine can score with this model. It takes its turn in the rounds like
+    a server (the servers sit idle meanwhile), so its ratio is paired like the others."""
     cores = os.cpu_count() or 1
-    in_process: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for w in workload_list:
-        key = (w.rows, min(w.in_flight, cores))
-        while len(in_process.setdefault(key, [])) < args.repeat:
-            res = measure_in_process(scorer, rows=key[0], threads=key[1], duration_s=args.duration_s)
-            m = report.summarize(
-                requests=res.requests,
-                samples=res.samples,
-                latencies_s=res.latencies_s,
-                duration_s=args.duration_s,
-            )
-            m["threads"] = key[1]
-            m["server_cpu_cores"] = res.cpu_s / args.duration_s
-            in_process[key].append(m)
-    return in_process
+
+    def measure(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
+        threads = min(w.in_flight, cores)
+        res = measure_in_process(
+            scorer, rows=w.rows, threads=threads, duration_s=args.duration_s, warmup_s=args.warmup_s
+        )
+        m = report.summarize(
+            requests=res.requests,
+            samples=res.samples,
+            latencies_s=res.latencies_s,
+            duration_s=args.duration_s,
+        )
+        m["threads"] = threads
+        m["server_cpu_cores"] = res.cpu_s / args.duration_s
+        return m
+
+    return Side("in_process", "in-proc", None, measure=measure)
 
 
 def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> dict[str, Any]:
@@ -216,7 +229,7 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
             )  # fmt: skip
             sides.append(Side("ae_mb", f"ae N mb{MICRO_BATCH_ROWS}", mb, applies=targets.is_micro_batch_cell))
         start_sides(sides)
-        processes = sides[0].server.announcement.get("processes")
+        processes = aeguard_processes(sides)
         print(
             f"\nserving benchmark: model {meta.name} {meta.version} ({meta.n_features} features) "
             f"from {model}\n"
@@ -228,15 +241,14 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
             f"{args.repeat} interleaved round(s), median reported; loopback only",
             flush=True,
         )
+        sides.append(in_process_side(scorer))
         rounds = run_rounds(pool, sides, workload_list, meta.n_features, args)
     finally:
         pool.close()
-        for s in sides:
-            s.server.stop()
-    in_process = in_process_rounds(scorer, workload_list, args)
-    rows = build_rows(workload_list, sides, rounds, in_process, cores)
+        stop_sides(sides)
+    rows = build_rows(workload_list, sides, rounds)
     print()
-    print(report.format_tables(rows, [(s.key, s.label) for s in sides] + [("in_process", "in-proc")]))
+    print(report.format_tables(rows, [(s.key, s.label) for s in sides]))
     verdicts = targets.serving_targets(rows)
     print()
     print(targets.format_targets(verdicts))
@@ -272,16 +284,18 @@ NOTES = (
     "ratios: aeguard / the faster no-op of the same round,\nmicro-batch / aeguard N of the same round. "
     "srv CPU us/req = CPU time of the server's whole process tree (supervisor + workers) per request.\n"
     "Client and server share the cores, so the load generator's CPU is taken from every server alike. "
-    "In-process runs min(in-flight, cores) threads."
+    "In-process runs min(in-flight, cores) threads\nin this process, in its turn within each round."
 )
 
 
+def aeguard_processes(sides: list[Side]) -> Any:
+    """The process count aeguard N announced (its default --processes on this machine)."""
+    server = next(s.server for s in sides if s.key == "ae_default")
+    return server.announcement.get("processes") if server is not None else None
+
+
 def build_rows(
-    workload_list: list[Workload],
-    sides: list[Side],
-    rounds: dict[tuple[str, str], list[dict[str, Any]]],
-    in_process: dict[tuple[int, int], list[dict[str, Any]]] | None,
-    cores: int,
+    workload_list: list[Workload], sides: list[Side], rounds: dict[tuple[str, str], list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """One record per workload: each side's median round and its per-round rates, plus the ratios."""
     rows: list[dict[str, Any]] = []
@@ -296,8 +310,6 @@ def build_rows(
             "unit": "samples/s" if w.rows > 1 else "req/s",
         }
         cells = {s.key: rounds[(w.name, s.key)] for s in sides if (w.name, s.key) in rounds}
-        if in_process is not None:
-            cells["in_process"] = in_process[(w.rows, min(w.in_flight, cores))]
         for side_key, ms in cells.items():
             row[side_key] = dict(report.median_round(ms, key))
             row[side_key]["rounds"] = [m[key] for m in ms]

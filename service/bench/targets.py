@@ -56,9 +56,9 @@ def add_ratios(row: dict[str, Any]) -> None:
     row["ae_default_vs_mlserver_best"] = paired(
         _rounds(row, "ae_default", "rounds"), _floor(row, MLSERVERS, "rounds", max)
     )
-    key = row["rate_key"]
-    ae, inproc = row.get("ae_default"), row.get("in_process")
-    row["ae_default_vs_in_process"] = ae[key] / inproc[key] if ae and inproc and inproc[key] else None
+    row["ae_default_vs_in_process"] = paired(
+        _rounds(row, "ae_default", "rounds"), _rounds(row, "in_process", "rounds")
+    )
     cpu = "cpu_us_per_request_rounds"
     row["ae_default_cpu_vs_noop"] = paired(_rounds(row, "ae_default", cpu), _floor(row, NOOPS, cpu, min))
     row["ae_mb_cpu_vs_ae_default"] = paired(_rounds(row, "ae_mb", cpu), _rounds(row, "ae_default", cpu))
