@@ -31,6 +31,7 @@ from service.bench.serving import (
     Workload,
     aeguard_processes,
     build_rows,
+    load_warning,
     run_rounds,
     start_sides,
     stop_sides,
@@ -160,6 +161,8 @@ def run_peers_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> 
     verdicts = [v for v in targets.serving_targets(rows) if v["value"] is not None]
     print()
     print(targets.format_targets(verdicts))
+    if warning := load_warning(os.cpu_count() or 1):
+        print(warning)
     return {
         "model": {"path": str(model), "name": meta.name, "n_features": meta.n_features},
         "settings": {

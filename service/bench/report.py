@@ -39,6 +39,14 @@ def cpu_us_per_request(m: dict[str, Any] | None) -> float | None:
     return float(m["server_cpu_cores"] / m["requests_per_s"] * 1e6)
 
 
+def busiest_process_share(m: dict[str, Any] | None) -> float | None:
+    """The share of the server's CPU its busiest process used: 1/N when the kernel spread the
+    connections evenly over N workers, near 100 % when they all landed on one."""
+    if not m or not m.get("server_cpu_cores_by_pid") or not m.get("server_cpu_cores"):
+        return None
+    return float(max(m["server_cpu_cores_by_pid"].values()) / m["server_cpu_cores"])
+
+
 def _num(value: float | None, fmt: str = ",.0f") -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -91,13 +99,15 @@ def format_tables(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> s
         ae = r.get("ae_default")
         return [_num(cpu_us_per_request(r.get(k))) for k, _ in sides] + [
             _num(ae and ae.get("server_cpu_cores"), ".2f"),
+            _num(busiest_process_share(ae), ".0%"),
             _num(ae and ae.get("client_cpu_cores"), ".2f"),
         ]
 
     labels = [label for _, label in sides]
     lines = table("rate (median round)", ["unit", *labels, *(h for _, h in ratios)], rates)
     lines += ["", *table("latency p50/p99 ms", labels, latencies)]
-    lines += ["", *table("server CPU us/request", [*labels, "aeN srv cores", "cli cores"], cpu)]
+    cpu_cols = [*labels, "aeN srv cores", "aeN busiest", "cli cores"]
+    lines += ["", *table("server CPU us/request", cpu_cols, cpu)]
     return "\n".join(lines)
 
 

@@ -253,6 +253,8 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
     print()
     print(targets.format_targets(verdicts))
     print(NOTES)
+    if warning := load_warning(cores):
+        print(warning)
     return {
         "model": {
             "path": str(model),
@@ -284,8 +286,21 @@ NOTES = (
     "ratios: aeguard / the faster no-op of the same round,\nmicro-batch / aeguard N of the same round. "
     "srv CPU us/req = CPU time of the server's whole process tree (supervisor + workers) per request.\n"
     "Client and server share the cores, so the load generator's CPU is taken from every server alike. "
-    "In-process runs min(in-flight, cores) threads\nin this process, in its turn within each round."
+    "In-process runs min(in-flight, cores) threads\nin this process, in its turn within each round. "
+    "aeN busiest = the share of aeguard N's CPU its busiest process used (50 % = even over 2 workers)."
 )
+
+
+def load_warning(cores: int) -> str:
+    """A line when outside work oversubscribes the machine: rates then follow the scheduler's shares."""
+    load = os.getloadavg()[0]
+    if load <= cores:
+        return ""
+    return (
+        f"WARNING: load average {load:.1f} on {cores} cores: other work competes for the CPU, so rates "
+        "follow the scheduler's shares\n(a server with more runnable processes gets more); CPU per request "
+        "is the steadier figure."
+    )
 
 
 def aeguard_processes(sides: list[Side]) -> Any:
