@@ -111,6 +111,18 @@ def format_tables(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> s
     return "\n".join(lines)
 
 
+def format_errors(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> str:
+    """One line per cell whose median round saw failed calls (empty when none did)."""
+    lines = []
+    for r in rows:
+        for key, label in sides:
+            m = r.get(key)
+            if m and m.get("errors"):
+                first = m.get("first_error")
+                lines.append(f"ERRORS: {label}, {r['workload']}: {m['errors']} failed calls ({first})")
+    return "\n".join(lines)
+
+
 def write_json(doc: dict[str, Any], out_dir: Path, stamp: str) -> Path:
     """Write ``doc`` as ``bench-<stamp>.json`` and ``latest.json``; return the first path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -249,6 +249,8 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
     rows = build_rows(workload_list, sides, rounds)
     print()
     print(report.format_tables(rows, [(s.key, s.label) for s in sides]))
+    if errors := report.format_errors(rows, [(s.key, s.label) for s in sides]):
+        print(errors)
     verdicts = targets.serving_targets(rows)
     print()
     print(targets.format_targets(verdicts))
