@@ -33,7 +33,9 @@ log = logging.getLogger("service.bench.soak")
 
 #: The mix, as shares of the calls in flight: (method, rows per request, share).
 MIX = [("Score", 1, 0.625), ("Score", 256, 0.125), ("ScoreStream", 1, 0.125), ("ScoreStream", 256, 0.125)]
-#: A process whose RSS or descriptors grow more than this from first to last sample is flagged.
+#: The last sample is taken this long before the end of the load.
+END_MARGIN_S = 0.5
+#: A process whose RSS or descriptors move more than this from first to last sample is flagged.
 FLAT_WITHIN = 0.10
 
 
@@ -57,6 +59,7 @@ class Series:
                     "last": last,
                     "max": max(values),
                     "change": (last - first) / first if first else None,
+                    "series": values,
                 }
         out["gone_at_s"] = self.gone_at_s
         return out
@@ -110,6 +113,14 @@ def _jobs(
     return [tuple(specs) for specs in per_process if specs]
 
 
+def sample_times(start_at: float, duration_s: float, every_s: float) -> list[float]:
+    """Every ``every_s`` from the start, the last one moved inside the window: at its very end the
+    clients are already closing their connections, which would read as descriptors going away."""
+    last = start_at + max(0.0, duration_s - END_MARGIN_S)
+    times = [min(start_at + k * every_s, last) for k in range(int(duration_s // every_s) + 1)]
+    return sorted(set(times))
+
+
 def _role(pid: int, root: int) -> str:
     if pid == root:
         return "supervisor"
@@ -155,12 +166,9 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         start_at = time.time() + 0.3 + args.warmup_s
         jobs = _jobs(args, server.target, n_features, start_at)
         pool.submit(list(jobs))
-        end_at = start_at + args.duration_s
-        next_at = start_at
-        while next_at <= end_at + 1e-6:
-            time.sleep(max(0.0, next_at - time.time()))
-            _sample(server, series, next_at - start_at)
-            next_at += args.sample_s
+        for at in sample_times(start_at, args.duration_s, args.sample_s):
+            time.sleep(max(0.0, at - time.time()))
+            _sample(server, series, at - start_at)
         # One answer per client process, holding one result per spec of its job.
         results = pool.collect(len(jobs), timeout_s=2 * loadgen.CALL_TIMEOUT_S)
         server_alive = server.proc.poll() is None
