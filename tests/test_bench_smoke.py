@@ -37,8 +37,13 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
     server = doc["server"]
     assert server["model"]["name"] == "tiny"
     assert server["settings"]["aeguard_default_processes"] == 2
-    rows = {(r["method"], r["rows"], r["in_flight"]): r for r in server["rows"]}
-    assert list(rows) == [("Score", 1, 8), ("Score", 64, 2), ("ScoreStream", 64, 2)]
+    rows = {(r["method"], r["rows"], r["in_flight"], r["columnar"]): r for r in server["rows"]}
+    assert list(rows) == [
+        ("Score", 1, 8, False),
+        ("Score", 64, 2, False),
+        ("ScoreStream", 64, 2, False),
+        ("ScoreStream", 64, 2, True),
+    ]
     for row in rows.values():
         key = row["rate_key"]
         for side in (*SERVERS, "in_process"):
@@ -56,14 +61,92 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
         assert len(row["ae_default"]["server_cpu_cores_by_pid"]) >= 3
         assert len(row["ae_1"]["server_cpu_cores_by_pid"]) == 1
     # The micro-batcher runs only on batch 1 with 8 or more in flight.
-    assert "ae_mb" in rows[("Score", 1, 8)] and "ae_mb" not in rows[("Score", 64, 2)]
-    assert rows[("Score", 1, 8)]["ae_mb_vs_ae_default"] > 0
+    batch1 = rows[("Score", 1, 8, False)]
+    assert "ae_mb" in batch1 and "ae_mb" not in rows[("Score", 64, 2, False)]
+    assert batch1["ae_mb_vs_ae_default"] > 0
     # The 8 calls in flight were split over both client processes.
-    assert rows[("Score", 1, 8)]["ae_default"]["client_processes"] == 2
+    assert batch1["ae_default"]["client_processes"] == 2
+    assert rows[("ScoreStream", 64, 2, True)]["in_process_cpu_vs_ae_default"] > 0
     targets = {t["figure"]: t for t in server["targets"]}
     assert targets["p99 at 8 in flight, vs the no-op's p99"]["value"] > 0
-    # No run at 64 in flight here, so those targets are reported as not measured.
-    assert all(t["met"] is None for f, t in targets.items() if "64 in flight" in f)
+    # No run at 64 in flight or at batch 4096 here, so those targets are reported as not measured.
+    assert all(t["met"] is None for f, t in targets.items() if "64 in flight" in f or "4096" in f)
+
+
+def test_targets_read_their_rows_and_pair_the_rounds() -> None:
+    """The Targets table from hand-made rows: paired ratios against the faster (rates) or cheaper
+    (CPU) no-op of each round, and the columnar row against in-process."""
+    from service.bench import targets
+
+    def side(rounds: list[float], cpu: list[float]) -> dict[str, list[float]]:
+        return {"rounds": rounds, "cpu_us_per_request_rounds": cpu, "p99_ms_rounds": [1.0] * len(rounds)}
+
+    batch1 = {
+        "workload": "Score batch=1 in-flight=64", "rate_key": "requests_per_s",
+        "ae_default": side([800, 900, 3000], [500, 450, 400]),
+        "noop_sync": side([1000, 500, 1000], [300, 300, 500]),
+        "noop_aio": side([500, 1000, 2000], [250, 400, 200]),
+        "mlserver_best": side([300, 600, 1000], [900, 900, 900]),
+        "mlserver_default": side([400, 300, 500], [900, 900, 900]),
+    }  # fmt: skip
+    columnar = {
+        "workload": "ScoreStream batch=4096 in-flight=4 columnar", "rate_key": "samples_per_s",
+        "ae_default": side([3.4e6, 3.0e6, 2.0e6], [1000, 1000, 1000]),
+        "in_process": side([4e6, 4e6, 4e6], [800, 900, 1000]),
+    }  # fmt: skip
+    for row in (batch1, columnar):
+        targets.add_ratios(row)
+    assert batch1["ae_default_vs_noop"] == pytest.approx(0.9)  # median of 0.8, 0.9, 1.5
+    assert batch1["ae_default_cpu_vs_noop"] == pytest.approx(2.0)  # of 500/250, 450/300, 400/200
+    # Against the better MLServer configuration of each round: 800/400, 900/600, 3000/1000.
+    assert batch1["ae_default_vs_mlserver_best"] == pytest.approx(2.0)
+    assert columnar["in_process_cpu_vs_ae_default"] == pytest.approx(0.9)
+    verdicts = {v["figure"]: v for v in targets.serving_targets([batch1, columnar])}
+    bulk = verdicts["ScoreStream batch 4096 (columnar), vs in-process onnxruntime samples/s"]
+    assert bulk["value"] == pytest.approx(0.75) and bulk["met"] is False
+    assert verdicts["batch 1, 64 in flight, vs MLServer's best configuration"]["met"] is True  # >= 2
+    assert verdicts["p99 at 8 in flight, vs the no-op's p99"]["met"] is None  # no such row
+    assert "NOT MET" in targets.format_targets(list(verdicts.values()))
+
+
+def test_server_cpu_sums_the_whole_process_tree() -> None:
+    # `aeguard serve --processes N` scores in workers under a supervisor: their CPU is the server's.
+    from service.bench import procs
+
+    worker = "import sys\nfor _ in range(10**7): pass\nprint('burnt', flush=True)\nsys.stdin.read()"
+    supervisor = (
+        "import subprocess, sys\n"
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdin=sys.stdin, stdout=sys.stdout)\n"
+        "print(w.pid, flush=True)\nw.wait()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", supervisor], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        worker_pid = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "burnt"
+        assert procs.tree_pids(proc.pid) == [proc.pid, worker_pid]
+        sample = procs.tree_cpu_s(proc.pid)
+        assert sample[worker_pid] > 0 and sample[worker_pid] == pytest.approx(procs.process_cpu_s(worker_pid))
+        assert procs.cpu_between({}, sample) == pytest.approx(sum(sample.values()))
+        assert procs.rss_mb(worker_pid) > 0 and procs.open_fds(worker_pid) >= 3
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert procs.process_cpu_s(worker_pid) == 0.0 and procs.rss_mb(worker_pid) is None  # gone
+
+
+def test_response_bench_times_both_forms(tiny_model_path: Path) -> None:
+    from service.bench.responses import format_table, measure
+
+    rows = measure(tiny_model_path, [1, 5], repeat=1, samples_per_loop=50)
+    assert [r["rows"] for r in rows] == [1, 5]
+    for r in rows:
+        assert all(r[k] > 0 for k in r if k.endswith("_us"))
+        # 13 bytes a sample in columns (2 float32, 1 byte, 1 uint32) plus the fixed part.
+        assert r["columnar_bytes"] > 13 * r["rows"]
+    assert "columnar srv" in format_table(rows)
 
 
 def test_v2_request_encodes_the_tensor_as_mlserver_reads_it() -> None:

@@ -45,6 +45,7 @@ class LoadSpec:
     model: str = ""  #: model name (required by the V2 protocol; aeguard: empty = default model)
     channels: int = DEFAULT_CHANNELS  #: channels (connections) this process spreads its calls over
     keep_latencies: bool = True  #: False for long runs (the soak): counts only
+    columnar: bool = False  #: ask for ScoreResponse.columns (packed columns) instead of per-sample results
 
 
 @dataclass
@@ -69,7 +70,7 @@ def request_bytes(spec: LoadSpec, seed: int) -> bytes:
     x = wire.sample_rows(spec.rows, spec.n_features, seed)
     if spec.protocol == "v2":
         return wire.v2_request(x, spec.model)
-    return wire.aeguard_request(x)
+    return wire.aeguard_request(x, columnar=spec.columnar)
 
 
 def method_path(spec: LoadSpec) -> str:

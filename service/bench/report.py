@@ -64,6 +64,7 @@ RATIO_COLUMNS = [
     ("ae_default_vs_in_process", "aeN/in-proc"),
     ("ae_mb_vs_ae_default", "mb/aeN"),
     ("ae_default_vs_mlserver_best", "aeN/MLS-best"),
+    ("in_process_cpu_vs_ae_default", "CPU inproc/aeN"),
 ]
 
 

@@ -39,10 +39,12 @@ class Workload:
     method: str  #: "Score" or "ScoreStream"
     rows: int  #: samples per request
     in_flight: int  #: calls / pipelined requests outstanding over all client processes
+    columnar: bool = False  #: results as packed columns (ScoreRequest.columnar)
 
     @property
     def name(self) -> str:
-        return f"{self.method} batch={self.rows} in-flight={self.in_flight}"
+        suffix = " columnar" if self.columnar else ""
+        return f"{self.method} batch={self.rows} in-flight={self.in_flight}{suffix}"
 
     @property
     def rate_key(self) -> str:
@@ -68,7 +70,10 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     batches = [
         Workload(m, rows, args.batch_in_flight) for rows in args.batch_rows for m in ("Score", "ScoreStream")
     ]
-    return unary + batches
+    columnar = [
+        Workload("ScoreStream", rows, args.batch_in_flight, columnar=True) for rows in args.batch_rows
+    ]
+    return unary + batches + columnar
 
 
 def _specs(
@@ -90,6 +95,7 @@ def _specs(
             protocol=side.protocol,
             model=side.model,
             channels=args.channels,
+            columnar=w.columnar,
         )
         for share in loadgen.split(w.in_flight, pool.size)
     ]
@@ -323,6 +329,7 @@ def build_rows(
             "method": w.method,
             "rows": w.rows,
             "in_flight": w.in_flight,
+            "columnar": w.columnar,
             "rate_key": key,
             "unit": "samples/s" if w.rows > 1 else "req/s",
         }

@@ -29,12 +29,14 @@ def sample_rows(rows: int, n_features: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, n_features)).astype("<f4")
 
 
-def aeguard_request(x: np.ndarray) -> bytes:
-    """A serialized ``aeguard.v1.ScoreRequest`` with ``x`` as its dense matrix."""
+def aeguard_request(x: np.ndarray, columnar: bool = False) -> bytes:
+    """A serialized ``aeguard.v1.ScoreRequest`` with ``x`` as its dense matrix; ``columnar`` asks for
+    the results as packed columns (``ScoreResponse.columns``) instead of one message per sample."""
     from service.rpc.api import aeguard_pb2 as pb
 
     rows, cols = x.shape
-    request = pb.ScoreRequest(samples=pb.Matrix(rows=rows, cols=cols, raw=x.astype("<f4").tobytes()))
+    samples = pb.Matrix(rows=rows, cols=cols, raw=x.astype("<f4").tobytes())
+    request = pb.ScoreRequest(samples=samples, columnar=columnar)
     return request.SerializeToString()
 
 
@@ -56,7 +58,8 @@ def stream_error(response: bytes) -> str | None:
     """The error of an aeguard ``ScoreResponse`` from ScoreStream, or None when it carries results.
 
     Walks the top-level fields only and stops at the first result (a response with results has no
-    error), so a 4096-result response costs a few steps instead of a full parse (about 1 ms).
+    error), so a 4096-result response costs a few steps instead of a full parse (about 1 ms); a
+    columnar response is a handful of top-level fields.
     """
     pos, end = 0, len(response)
     while pos < end:
