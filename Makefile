@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/aeguard/v1/aeguard.proto
 STUBS := service/rpc/api/aeguard_pb2.py
 
-.PHONY: install proto run test test-fast lint bench quality clean node-deps system-deps
+.PHONY: install proto run test test-fast lint bench bench-peers soak quality clean node-deps system-deps
 
 install: $(STAMP) $(STUBS)
 
@@ -65,8 +65,25 @@ lint: install
 	$(VENV)/bin/ruff format --check service training tests deploy proto
 	$(VENV)/bin/mypy service training proto/aeguard_build.py
 
+# Serving (aeguard 1 and N processes, two no-op floors, in-process) and batch-job figures; a few minutes.
 bench: install
 	$(PY) -m service.bench
+
+# Seldon MLServer beside aeguard, in its own venv (its protobuf major version differs from ours).
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_STAMP):
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q mlserver==1.7.1 uvloop==0.21.0 onnxruntime
+	touch $@
+
+bench-peers: install $(MLSERVER_STAMP)
+	$(PY) -m service.bench --only peers --mlserver-python $(MLSERVER_VENV)/bin/python
+
+# 10 minutes of mixed load on the default --processes; RSS and fds of every process (not run by CI).
+soak: install
+	$(PY) -m service.bench.soak
 
 # ADBench's classical .npz files (github.com/Minqi824/ADBench, adbench/datasets/Classical/):
 # `make quality ADBENCH=DIR`, or AEGUARD_ADBENCH_DIR=DIR in the environment.
@@ -76,6 +93,6 @@ quality: install
 	$(PY) -m service.cli benchmark $(ADBENCH) --out docs/quality.md
 
 clean:
-	rm -rf $(VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache aeguard.egg-info build dist \
+	rm -rf $(VENV) $(MLSERVER_VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache aeguard.egg-info build dist \
 		tests/node/node_modules
 	find service training tests deploy proto -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,9 +1,11 @@
-"""`python -m service.bench` (`make bench`): serving throughput and latency against two baselines.
+"""`python -m service.bench` (`make bench`): serving throughput and latency against its floors.
 
-The same run measures aeguard (``aeguard serve`` in its own process), a no-op grpcio server with
-the same messages (the transport floor) and in-process onnxruntime on the same model (the compute
-limit), driven by one load generator in separate client processes, and prints the ratios. The
-batch job's figures (``service/bench/batch.py``) follow when that module is present.
+The same run measures aeguard (``aeguard serve`` with its default processes and with one), two
+no-op servers with the same messages (the transport floor: grpcio's sync server and ``grpc.aio``),
+aeguard with the micro-batcher on, and in-process onnxruntime on the same model (the compute
+limit), driven by one load generator in separate client processes, and prints the ratios and the
+issue's targets. The batch job's figures (``service/bench/batch.py``) follow. ``--only peers``
+(`make bench-peers`) measures Seldon MLServer beside aeguard instead (:mod:`service.bench.peers`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.bench import loadgen
 from service.errors import AeguardError
 
 log = logging.getLogger("service.bench")
@@ -33,17 +36,30 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _ints_or_none(text: str) -> list[int]:
+    return [] if text.strip().lower() == "none" else _ints(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["server", "batch"], help="run one part only (default: both)")
+    p.add_argument(
+        "--only",
+        choices=["server", "batch", "peers"],
+        help="run one part only (default: server and batch; peers only when asked: make bench-peers)",
+    )
     p.add_argument(
         "--model", type=Path, help="model to serve (default: models/default.onnx, trained if missing)"
     )
-    p.add_argument("--duration-s", type=float, default=2.0, help="measured window per cell and round")
-    p.add_argument("--warmup-s", type=float, default=0.7, help="unmeasured load before each window")
+    p.add_argument("--duration-s", type=float, default=1.5, help="measured window per cell and round")
+    p.add_argument("--warmup-s", type=float, default=0.5, help="unmeasured load before each window")
     p.add_argument("--repeat", type=int, default=3, help="rounds per cell; the median round is reported")
     p.add_argument("--concurrency", type=_ints, default=[1, 8, 64], help="unary batch-1 calls in flight")
-    p.add_argument("--batch-rows", type=_ints, default=[512, 4096], help="rows per request, large batches")
+    p.add_argument(
+        "--batch-rows",
+        type=_ints_or_none,
+        default=[512, 4096],
+        help="rows per request, large batches ('none': batch-1 workloads only)",
+    )
     p.add_argument(
         "--batch-in-flight", type=int, default=4, help="requests in flight for the large-batch workloads"
     )
@@ -54,11 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="load-generator processes (default: one per core)",
     )
     p.add_argument(
+        "--channels",
+        type=int,
+        default=loadgen.DEFAULT_CHANNELS,
+        help="channels (TCP connections) per client process; calls are spread over them round-robin",
+    )
+    p.add_argument("--noop-workers", type=int, default=8, help="thread-pool size of the sync no-op server")
+    p.add_argument(
+        "--micro-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure aeguard with --micro-batch-rows 256 on batch-1 calls (8+ in flight)",
+    )
+    p.add_argument(
+        "--mlserver-python",
+        type=Path,
+        default=Path(".venv-mlserver/bin/python"),
+        help="python of MLServer's own virtual environment (--only peers)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="extra argument for `aeguard serve`, repeatable (e.g. --server-arg=--workers=32)",
+        help="extra argument for every `aeguard serve`, repeatable (e.g. --server-arg=--grace-s=1)",
     )
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where the JSON goes")
     return p
@@ -85,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
             model = ensure_model(args.model)
             doc["server"] = run_server_bench(model, args, log_dir=args.out_dir / "logs")
+        if args.only == "peers":
+            from service.bench.model import ensure_model
+            from service.bench.peers import run_peers_bench
+
+            doc["peers"] = run_peers_bench(ensure_model(args.model), args, log_dir=args.out_dir / "logs")
         if args.only in (None, "batch"):
             if importlib.util.find_spec("service.bench.batch") is None:
                 print("\nbatch benchmark: service/bench/batch.py is not present yet; skipped")

@@ -1,24 +1,32 @@
 """The benchmark's load generator: client processes that drive a gRPC server and time every call.
 
 Each client process runs grpc.aio with a fixed number of calls in flight, so one process can keep
-many requests outstanding without a thread per request. Processes are started once and reused
-for every measurement; they all measure the same wall-clock window, so their counts add up.
+many requests outstanding without a thread per request. Requests are serialized once, up front,
+and sent as bytes (:mod:`service.bench.wire`), so the same generator drives aeguard, the no-op
+servers and MLServer's V2 protocol at the same client cost. Each process opens several channels
+(separate TCP connections: a server's ``SO_REUSEPORT`` workers are balanced per connection, not
+per call) and spreads its calls over them round-robin. Processes are started once and reused for
+every measurement; they all measure the same wall-clock window, so their counts add up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing as mp
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from service.bench import wire
 
 #: Deadline of one call, and the bound on waiting for a client process.
 CALL_TIMEOUT_S = 30.0
+#: Channels (TCP connections) per client process, by default. The kernel hashes each connection to
+#: one of the server's SO_REUSEPORT workers: with 2 client processes, 16 connections leave a 2-worker
+#: server split 12/4 or worse in about 8 % of cells (8 connections: about 29 %).
+DEFAULT_CHANNELS = 8
 
 
 @dataclass(frozen=True)
@@ -26,13 +34,17 @@ class LoadSpec:
     """One client process's share of one measurement."""
 
     target: str  #: host:port of the server under test
-    method: str  #: "Score" (unary) or "ScoreStream" (one bidirectional stream, pipelined)
+    method: str  #: "Score" (unary) or "ScoreStream" (bidirectional streams, pipelined)
     rows: int  #: samples per request
     n_features: int  #: features per sample
     in_flight: int  #: calls (Score) or pipelined requests (ScoreStream) outstanding at once
     start_at: float  #: wall-clock time (time.time()) the measured window opens; before it: warm-up
     duration_s: float  #: length of the measured window
     max_message_bytes: int = 64 * 1024 * 1024
+    protocol: str = "aeguard"  #: "aeguard" (aeguard and the no-op servers) or "v2" (MLServer, unary only)
+    model: str = ""  #: model name (required by the V2 protocol; aeguard: empty = default model)
+    channels: int = DEFAULT_CHANNELS  #: channels (connections) this process spreads its calls over
+    keep_latencies: bool = True  #: False for long runs (the soak): counts only
     columnar: bool = False  #: ask for ScoreResponse.columns (packed columns) instead of per-sample results
 
 
@@ -49,11 +61,24 @@ class LoadResult:
     late_s: float = 0.0  #: how late the process was ready (> 0 means its warm-up was cut short)
 
 
-def _request(pb: Any, spec: LoadSpec, seed: int) -> Any:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(spec.rows, spec.n_features)).astype("<f4")
-    samples = pb.Matrix(rows=spec.rows, cols=spec.n_features, raw=x.tobytes())
-    return pb.ScoreRequest(samples=samples, columnar=spec.columnar)
+#: What a client process is given: one spec, or several run together on one event loop (the soak).
+Job = LoadSpec | tuple[LoadSpec, ...]
+
+
+def request_bytes(spec: LoadSpec, seed: int) -> bytes:
+    """The serialized request every call of ``spec`` sends."""
+    x = wire.sample_rows(spec.rows, spec.n_features, seed)
+    if spec.protocol == "v2":
+        return wire.v2_request(x, spec.model)
+    return wire.aeguard_request(x, columnar=spec.columnar)
+
+
+def method_path(spec: LoadSpec) -> str:
+    if spec.protocol == "v2":
+        if spec.method != "Score":
+            raise ValueError("the V2 protocol is measured with unary calls only")
+        return wire.V2_MODEL_INFER
+    return wire.AEGUARD_SCORE if spec.method == "Score" else wire.AEGUARD_SCORE_STREAM
 
 
 class _Window:
@@ -75,8 +100,32 @@ class _Window:
         self.cpu_end = time.process_time()
 
 
-async def _unary(stub: Any, request: Any, spec: LoadSpec, window: _Window, result: LoadResult) -> None:
+def _channel_options(spec: LoadSpec, index: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", spec.max_message_bytes),
+        ("grpc.max_send_message_length", spec.max_message_bytes),
+        # Without these, grpc shares one connection between channels to the same target.
+        ("grpc.use_local_subchannel_pool", 1),
+        ("aeguard.bench.channel", index),
+    ]
+
+
+def _record(result: LoadResult, spec: LoadSpec, window: _Window, t0: float, t1: float) -> None:
+    if window.inside(t1):
+        result.requests += 1
+        result.samples += spec.rows
+        if spec.keep_latencies:
+            result.latencies_s.append(t1 - t0)
+
+
+async def _unary(
+    channels: list[Any], request: bytes, spec: LoadSpec, window: _Window, result: LoadResult
+) -> None:
     import grpc
+
+    path = method_path(spec)
+    # Round-robin per call, so every connection carries calls even with few in flight.
+    calls = itertools.cycle([ch.unary_unary(path) for ch in channels])
 
     async def one_caller() -> None:
         while True:
@@ -84,24 +133,22 @@ async def _unary(stub: Any, request: Any, spec: LoadSpec, window: _Window, resul
             if t0 >= window.end:
                 return
             try:
-                await stub.Score(request, timeout=CALL_TIMEOUT_S)
+                await next(calls)(request, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 result.errors += 1
                 result.first_error = result.first_error or f"{exc.code().name}: {exc.details()}"
                 continue
-            t1 = time.perf_counter()
-            if window.inside(t1):
-                result.requests += 1
-                result.samples += spec.rows
-                result.latencies_s.append(t1 - t0)
+            _record(result, spec, window, t0, time.perf_counter())
 
     await asyncio.gather(*(one_caller() for _ in range(spec.in_flight)))
 
 
-async def _stream(stub: Any, request: Any, spec: LoadSpec, window: _Window, result: LoadResult) -> None:
-    slots = asyncio.Semaphore(spec.in_flight)
+async def _one_stream(
+    channel: Any, in_flight: int, request: bytes, spec: LoadSpec, window: _Window, result: LoadResult
+) -> None:
+    slots = asyncio.Semaphore(in_flight)
     sent: deque[float] = deque()
-    call = stub.ScoreStream(timeout=None)
+    call = channel.stream_stream(method_path(spec))(timeout=None)
 
     async def writer() -> None:
         while time.perf_counter() < window.end:
@@ -115,49 +162,64 @@ async def _stream(stub: Any, request: Any, spec: LoadSpec, window: _Window, resu
             t1 = time.perf_counter()
             t0 = sent.popleft()
             slots.release()
-            if response.HasField("error"):
+            error = wire.stream_error(response)
+            if error is not None:
                 result.errors += 1
-                result.first_error = result.first_error or f"{response.error.code}: {response.error.message}"
-            elif window.inside(t1):
-                result.requests += 1
-                result.samples += spec.rows
-                result.latencies_s.append(t1 - t0)
+                result.first_error = result.first_error or error
+            else:
+                _record(result, spec, window, t0, t1)
 
     await asyncio.gather(writer(), reader())
 
 
-async def _run(spec: LoadSpec, seed: int) -> LoadResult:
-    import grpc
+async def _stream(
+    channels: list[Any], request: bytes, spec: LoadSpec, window: _Window, result: LoadResult
+) -> None:
+    """One stream per channel (up to ``in_flight``), the pipelined requests split among them."""
+    shares = split(spec.in_flight, len(channels))
+    await asyncio.gather(
+        *(_one_stream(ch, n, request, spec, window, result) for ch, n in zip(channels, shares, strict=False))
+    )
 
-    from service.rpc.api import aeguard_pb2 as pb
-    from service.rpc.api import aeguard_pb2_grpc as pb_grpc
+
+async def _drive(spec: LoadSpec, seed: int) -> LoadResult:
+    import grpc
 
     result = LoadResult()
     window = _Window(spec)
-    options = [
-        ("grpc.max_receive_message_length", spec.max_message_bytes),
-        ("grpc.max_send_message_length", spec.max_message_bytes),
+    request = request_bytes(spec, seed)
+    channels = [
+        grpc.aio.insecure_channel(spec.target, options=_channel_options(spec, i))
+        for i in range(max(1, spec.channels))
     ]
-    async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=CALL_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(ch.channel_ready() for ch in channels)), timeout=CALL_TIMEOUT_S
+        )
         result.late_s = max(0.0, time.perf_counter() - window.start)
-        stub = pb_grpc.AnomalyDetectorStub(channel)
-        request = _request(pb, spec, seed)
         drive = _unary if spec.method == "Score" else _stream
         try:
-            await asyncio.gather(window.track_cpu(), drive(stub, request, spec, window, result))
+            await asyncio.gather(window.track_cpu(), drive(channels, request, spec, window, result))
         except grpc.aio.AioRpcError as exc:  # a failed stream ends its measurement
             result.errors += 1
             result.first_error = result.first_error or f"{exc.code().name}: {exc.details()}"
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
     result.cpu_s = window.cpu_end - window.cpu_start
     return result
 
 
+async def _run(job: Job, seed: int) -> LoadResult | list[LoadResult]:
+    if isinstance(job, LoadSpec):
+        return await _drive(job, seed)
+    return list(await asyncio.gather(*(_drive(spec, seed + 1000 * i) for i, spec in enumerate(job))))
+
+
 def _worker(index: int, inbox: mp.Queue, outbox: mp.Queue) -> None:
-    """A client process: run each spec it receives, answer with its result, stop on None."""
-    while (spec := inbox.get()) is not None:
+    """A client process: run each job it receives, answer with its result, stop on None."""
+    while (job := inbox.get()) is not None:
         try:
-            outbox.put((index, asyncio.run(_run(spec, seed=index))))
+            outbox.put((index, asyncio.run(_run(job, seed=index))))
         except Exception as exc:  # reported to the parent, which fails the benchmark with it
             outbox.put((index, RuntimeError(f"client process {index}: {type(exc).__name__}: {exc}")))
 
@@ -186,22 +248,27 @@ class ClientPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.pid is not None]
 
-    def submit(self, specs: list[LoadSpec]) -> None:
-        """Give spec i to process i (``len(specs) <= size``); :meth:`collect` gathers the results."""
-        if len(specs) > self.size:
-            raise ValueError(f"{len(specs)} specs for {self.size} client processes")
-        for inbox, spec in zip(self._inboxes, specs, strict=False):
-            inbox.put(spec)
+    def submit(self, jobs: list[Job]) -> None:
+        """Give job i to process i (``len(jobs) <= size``); :meth:`collect` gathers the results."""
+        if len(jobs) > self.size:
+            raise ValueError(f"{len(jobs)} jobs for {self.size} client processes")
+        for inbox, job in zip(self._inboxes, jobs, strict=False):
+            inbox.put(job)
 
     def collect(self, count: int, timeout_s: float) -> list[LoadResult]:
-        """Wait for ``count`` results, in process order; re-raise a client process's failure."""
-        results: dict[int, LoadResult] = {}
+        """Wait for ``count`` results, in process order, flattened (a tuple job gives one result per
+        spec); re-raise a client process's failure."""
+        results: dict[int, LoadResult | list[LoadResult]] = {}
         for _ in range(count):
             index, res = self._outbox.get(timeout=timeout_s)
             if isinstance(res, Exception):
                 raise res
             results[index] = res
-        return [results[i] for i in sorted(results)]
+        flat: list[LoadResult] = []
+        for i in sorted(results):
+            res = results[i]
+            flat.extend(res if isinstance(res, list) else [res])
+        return flat
 
     def close(self) -> None:
         for inbox in self._inboxes:
@@ -217,36 +284,3 @@ def split(total: int, parts: int) -> list[int]:
     """Split ``total`` calls in flight over at most ``parts`` processes, as evenly as possible."""
     parts = max(1, min(parts, total))
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (field 3, the state, comes first)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process and its live descendants have used so far (Linux /proc).
-
-    Descendants count because ``aeguard serve --processes N`` scores in worker processes under a
-    supervisor; the supervisor's own CPU would miss nearly all of it. A worker that exits between
-    two readings takes its CPU with it, so a delta is right only while the workers live.
-    """
-    parent: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = _stat(int(entry))
-            except OSError:  # gone since listdir
-                continue
-            parent[int(entry)] = int(fields[1])
-            ticks[int(entry)] = int(fields[11]) + int(fields[12])
-    if pid not in ticks:
-        fields = _stat(pid)  # raises for a process that does not exist, as before
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    tree, frontier = {pid}, {pid}
-    while frontier:
-        frontier = {c for c, p in parent.items() if p in frontier and c not in tree}
-        tree |= frontier
-    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")

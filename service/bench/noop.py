@@ -5,15 +5,20 @@ It speaks the same messages as aeguard and answers ``Score`` / ``ScoreStream`` w
 for them; typical field values) without scoring anything, so the difference to aeguard is what
 scoring, validation and metrics cost.
 Run it as ``python -m service.bench.noop --port 0``; it prints ``port=N`` once it listens.
+
+Two forms, one process each: grpcio's synchronous server on a thread pool (the default), and with
+``--aio`` a ``grpc.aio`` server whose handlers are coroutines on one event loop, like aeguard's.
+The benchmark compares aeguard with the faster of the two in each round.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -74,6 +79,19 @@ class NoopDetector(pb_grpc.AnomalyDetectorServicer):
             yield self._response(request)
 
 
+class AioNoopDetector(NoopDetector):
+    """The same canned answers from coroutines, for a ``grpc.aio`` server."""
+
+    async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:  # type: ignore[override]  # noqa: N802
+        return self._response(request)
+
+    async def ScoreStream(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.ScoreRequest], context: Any
+    ) -> AsyncIterator[pb.ScoreResponse]:
+        async for request in request_iterator:
+            yield self._response(request)
+
+
 def build_noop_server(
     host: str, port: int, *, workers: int, model_name: str, model_version: str, options: list[Any]
 ) -> tuple[grpc.Server, int]:
@@ -85,11 +103,27 @@ def build_noop_server(
     return server, bound
 
 
+async def serve_aio(host: str, port: int, *, model_name: str, model_version: str, options: list[Any]) -> None:
+    """Serve the no-op detector on ``grpc.aio`` until SIGTERM/SIGINT; prints ``port=N`` once listening."""
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_AnomalyDetectorServicer_to_server(AioNoopDetector(model_name, model_version), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"port={bound}", flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.bench.noop", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = an ephemeral port, printed")
-    parser.add_argument("--workers", type=int, default=8, help="thread-pool size, as aeguard's")
+    parser.add_argument("--workers", type=int, default=8, help="thread-pool size (sync server)")
+    parser.add_argument("--aio", action="store_true", help="a grpc.aio server (no thread pool)")
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--model-name", default="noop")
     parser.add_argument("--model-version", default="0")
@@ -98,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         ("grpc.max_receive_message_length", args.max_message_bytes),
         ("grpc.max_send_message_length", args.max_message_bytes),
     ]
+    if args.aio:
+        asyncio.run(
+            serve_aio(
+                args.host,
+                args.port,
+                model_name=args.model_name,
+                model_version=args.model_version,
+                options=options,
+            )
+        )
+        return 0
     server, port = build_noop_server(
         args.host,
         args.port,

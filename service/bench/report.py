@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,12 @@ def cpu_us_per_request(m: dict[str, Any] | None) -> float | None:
     return float(m["server_cpu_cores"] / m["requests_per_s"] * 1e6)
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if not numerator or not denominator:
+def busiest_process_share(m: dict[str, Any] | None) -> float | None:
+    """The share of the server's CPU its busiest process used: 1/N when the kernel spread the
+    connections evenly over N workers, near 100 % when they all landed on one."""
+    if not m or not m.get("server_cpu_cores_by_pid") or not m.get("server_cpu_cores"):
         return None
-    return numerator / denominator
-
-
-def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float | None:
-    """The median of the paired ratios ``numerators[i] / denominators[i]``."""
-    ratios = [r for n, d in zip(numerators, denominators, strict=True) if (r := ratio(n, d)) is not None]
-    return float(np.median(ratios)) if ratios else None
+    return float(max(m["server_cpu_cores_by_pid"].values()) / m["server_cpu_cores"])
 
 
 def _num(value: float | None, fmt: str = ",.0f") -> str:
@@ -61,29 +57,70 @@ def _lat(m: dict[str, Any] | None) -> str:
     return f"{m['p50_ms']:.2f}/{m['p99_ms']:.2f}"
 
 
-def _cores(m: dict[str, Any] | None, key: str) -> str:
-    return "-" if not m or m.get(key) is None else f"{m[key]:.2f}"
+#: Ratio columns of the rate table: (row key, header), shown when any row has the value.
+RATIO_COLUMNS = [
+    ("ae_default_vs_noop", "aeN/no-op"),
+    ("ae_1_vs_noop", "ae1/no-op"),
+    ("ae_default_vs_in_process", "aeN/in-proc"),
+    ("ae_mb_vs_ae_default", "mb/aeN"),
+    ("ae_default_vs_mlserver_best", "aeN/MLS-best"),
+    ("in_process_cpu_vs_ae_default", "CPU inproc/aeN"),
+]
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison table: one line per workload, aeguard next to both baselines."""
-    head = (
-        f"{'workload':<43} {'unit':<9} {'aeguard':>10} {'no-op':>10} {'in-proc':>10} "
-        f"{'ae/no-op':>8} {'ae/in-proc':>10}  {'p50/p99 ms: aeguard':>19} {'no-op':>12} {'in-proc':>11}"
-        f"  {'srv CPU us/req: ae':>18} {'no-op':>6}  {'cores: srv':>10} {'cli':>4}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
+def format_tables(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> str:
+    """Three tables, one line per workload: rates and ratios; p50/p99 latency; server CPU per request."""
+    sides = [(k, label) for k, label in sides if any(k in r for r in rows)]
+    ratios = [(k, h) for k, h in RATIO_COLUMNS if any(r.get(k) is not None for r in rows)]
+    w = max(22, *(len(r["workload"]) for r in rows))
+
+    def table(title: str, cols: list[str], cells: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+        widths = [max(len(c), 11) for c in cols]
+        head = f"{title:<{w}} " + " ".join(f"{c:>{n}}" for c, n in zip(cols, widths, strict=True))
+        out = [head, "-" * len(head)]
+        for r in rows:
+            out.append(
+                f"{r['workload']:<{w}} "
+                + " ".join(f"{c:>{n}}" for c, n in zip(cells(r), widths, strict=True))
+            )
+        return out
+
+    def rates(r: dict[str, Any]) -> list[str]:
         key = r["rate_key"]
-        ae, noop, inproc = r.get("aeguard"), r.get("noop"), r.get("in_process")
-        lines.append(
-            f"{r['workload']:<43} {r['unit']:<9} {_num(ae and ae[key]):>10} {_num(noop and noop[key]):>10} "
-            f"{_num(inproc and inproc[key]):>10} {_num(r.get('ratio_vs_noop'), '.2f'):>8} "
-            f"{_num(r.get('ratio_vs_in_process'), '.3f'):>10}  "
-            f"{_lat(ae):>19} {_lat(noop):>12} {_lat(inproc):>11}  "
-            f"{_num(cpu_us_per_request(ae)):>18} {_num(cpu_us_per_request(noop)):>6}  "
-            f"{_cores(ae, 'server_cpu_cores'):>10} {_cores(ae, 'client_cpu_cores'):>4}"
+        return (
+            [r["unit"]]
+            + [_num(r[k][key] if k in r else None) for k, _ in sides]
+            + [_num(r.get(k), ".2f") for k, _ in ratios]
         )
+
+    def latencies(r: dict[str, Any]) -> list[str]:
+        return [_lat(r.get(k)) for k, _ in sides]
+
+    def cpu(r: dict[str, Any]) -> list[str]:
+        ae = r.get("ae_default")
+        return [_num(cpu_us_per_request(r.get(k))) for k, _ in sides] + [
+            _num(ae and ae.get("server_cpu_cores"), ".2f"),
+            _num(busiest_process_share(ae), ".0%"),
+            _num(ae and ae.get("client_cpu_cores"), ".2f"),
+        ]
+
+    labels = [label for _, label in sides]
+    lines = table("rate (median round)", ["unit", *labels, *(h for _, h in ratios)], rates)
+    lines += ["", *table("latency p50/p99 ms", labels, latencies)]
+    cpu_cols = [*labels, "aeN srv cores", "aeN busiest", "cli cores"]
+    lines += ["", *table("server CPU us/request", cpu_cols, cpu)]
+    return "\n".join(lines)
+
+
+def format_errors(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> str:
+    """One line per cell whose median round saw failed calls (empty when none did)."""
+    lines = []
+    for r in rows:
+        for key, label in sides:
+            m = r.get(key)
+            if m and m.get("errors"):
+                first = m.get("first_error")
+                lines.append(f"ERRORS: {label}, {r['workload']}: {m['errors']} failed calls ({first})")
     return "\n".join(lines)
 
 

@@ -6,13 +6,16 @@ import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from service.bench import procs
 from service.errors import AeguardError
 
 log = logging.getLogger(__name__)
@@ -42,14 +45,28 @@ class ServerProcess:
     Both output streams go to ``log_path``; stdout is read first for the port announcement.
     """
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        *,
+        port: int = 0,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
-        self.port = 0
+        self.port = port  #: known in advance for servers that do not announce theirs (MLServer)
+        self.announcement: dict[str, Any] = {}  #: aeguard's "serving" JSON line
         self._log: IO[bytes] = log_path.open("wb")
         self._announced = threading.Event()
+        if port:
+            self._announced.set()
         log.info("starting %s: %s", name, " ".join(argv))
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, cwd=cwd, env=env
+        )
         self._reader = threading.Thread(target=self._read_stdout, daemon=True, name=f"{name}-stdout")
         self._reader.start()
 
@@ -58,9 +75,12 @@ class ServerProcess:
         for raw in self.proc.stdout:
             self._log.write(raw)
             if not self._announced.is_set():
-                port = _port_from_line(raw.decode(errors="replace"))
+                line = raw.decode(errors="replace")
+                port = _port_from_line(line)
                 if port:
                     self.port = port
+                    if line.lstrip().startswith("{"):
+                        self.announcement = json.loads(line)
                     self._announced.set()
         self._announced.set()  # the process ended: stop waiting
 
@@ -72,8 +92,15 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_serving(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Poll until the process answers on its port (health SERVING when it has health)."""
+    def cpu_sample(self) -> dict[int, float]:
+        """CPU seconds used so far by every process of the server's tree (supervisor and workers)."""
+        return procs.tree_cpu_s(self.pid)
+
+    def wait_serving(
+        self, timeout_s: float = READY_TIMEOUT_S, probe: Callable[[Any], bool] | None = None
+    ) -> None:
+        """Poll until the process answers on its port: health SERVING when it has health, and
+        ``probe(channel)`` True when given (a server without health: one real call succeeds)."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -93,16 +120,21 @@ class ServerProcess:
                         f"{self.name} exited with status {self.proc.returncode} before serving; "
                         f"see {self.log_path}:\n{self.log_tail()}"
                     )
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # no health service: it answers
-                        return
+                if self._check(health, health_pb2) and (probe is None or probe(channel)):
+                    return
                 time.sleep(0.2)
         self.stop()
         raise AeguardError(f"{self.name} did not serve within {timeout_s:.0f} s; see {self.log_path}")
+
+    @staticmethod
+    def _check(health: Any, health_pb2: Any) -> bool:
+        import grpc
+
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError as exc:
+            return bool(exc.code() == grpc.StatusCode.UNIMPLEMENTED)  # no health service: it answers
 
     def log_tail(self, lines: int = 20) -> str:
         if not self._log.closed:
@@ -122,19 +154,32 @@ class ServerProcess:
         self._log.close()
 
 
-def start_aeguard(model: Path, log_dir: Path, extra_args: list[str]) -> ServerProcess:
-    """``aeguard serve`` on one model, as a user would start it."""
+def start_aeguard(
+    model: Path, log_dir: Path, extra_args: list[str], *, name: str = "aeguard", args: tuple[str, ...] = ()
+) -> ServerProcess:
+    """``aeguard serve`` on one model, as a user would start it; ``args`` win over ``extra_args``."""
     argv = [
         sys.executable, "-m", "service.cli", "serve", "--model", str(model),
-        "--host", HOST, "--port", "0", "--metrics-port", "0", *extra_args,
+        "--host", HOST, "--port", "0", "--metrics-port", "0", *extra_args, *args,
     ]  # fmt: skip
-    return ServerProcess("aeguard", argv, log_dir / "aeguard-serve.log")
+    return ServerProcess(name, argv, log_dir / f"{name.replace(' ', '-')}.log")
 
 
-def start_noop(log_dir: Path, *, workers: int, model_name: str, model_version: str) -> ServerProcess:
-    """The no-op server with the same thread-pool size as aeguard."""
+def start_noop(
+    log_dir: Path, *, workers: int, model_name: str, model_version: str, aio: bool = False
+) -> ServerProcess:
+    """The no-op server, one process: grpcio's sync server on ``workers`` threads, or ``grpc.aio``."""
     argv = [
         sys.executable, "-m", "service.bench.noop", "--host", HOST, "--port", "0",
         "--workers", str(workers), "--model-name", model_name, "--model-version", model_version,
+        *(["--aio"] if aio else []),
     ]  # fmt: skip
-    return ServerProcess("no-op server", argv, log_dir / "noop-serve.log")
+    name = "no-op aio" if aio else "no-op sync"
+    return ServerProcess(name, argv, log_dir / f"{name.replace(' ', '-')}.log")
+
+
+def free_port(host: str = HOST) -> int:
+    """A port free on ``host`` now (for servers that cannot bind port 0 and announce it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,4 +1,12 @@
-"""The serving benchmark: aeguard vs a no-op gRPC server vs in-process onnxruntime, in one run."""
+"""The serving benchmark: aeguard (1 and N processes) vs two no-op floors vs in-process onnxruntime.
+
+Every server runs at once, each on its own loopback port, and one pool of client processes drives
+them in interleaved rounds: within a round each workload is measured on every server in turn, and
+the order is reversed every other round, so a burst of outside load hits every server alike.
+Ratios are taken round by round (aeguard against the faster no-op of the same round) and their
+median is reported. ``make bench-peers`` (:mod:`service.bench.peers`) uses the same machinery with
+MLServer as extra sides.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +14,22 @@ import argparse
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bench import loadgen, report
+from service.bench import loadgen, procs, report, targets
 from service.bench.inprocess import measure_in_process
 from service.bench.servers import ServerProcess, start_aeguard, start_noop
 from service.config import ServerConfig
 from service.errors import AeguardError
 from service.scorer import Scorer
 
-#: The issue's target: unary batch-1 throughput at this concurrency, as a fraction of the no-op server.
-TARGET_CONCURRENCY = 64
-TARGET_RATIO = 0.8
-#: The issue's bulk target: ScoreStream at this batch size with columnar results, vs in-process samples/s.
-COLUMNAR_TARGET_ROWS = 4096
 #: Seconds between handing specs to the clients and the measured window opening (process wake-up).
 START_LEAD_S = 0.3
+#: The micro-batcher setting compared with the default (issue 14: does it help batch 1 at 64?).
+MICRO_BATCH_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -37,9 +43,26 @@ class Workload:
 
     @property
     def name(self) -> str:
-        return f"{self.method} batch={self.rows} in-flight={self.in_flight}" + (
-            " columnar" if self.columnar else ""
-        )
+        suffix = " columnar" if self.columnar else ""
+        return f"{self.method} batch={self.rows} in-flight={self.in_flight}{suffix}"
+
+    @property
+    def rate_key(self) -> str:
+        return "samples_per_s" if self.rows > 1 else "requests_per_s"
+
+
+@dataclass
+class Side:
+    """One server under test (a column of the tables)."""
+
+    key: str  #: JSON key, e.g. "ae_default"
+    label: str  #: column header
+    server: ServerProcess | None  #: None for in-process scoring (``measure`` given)
+    protocol: str = "aeguard"
+    model: str = ""  #: model name sent (V2 protocol)
+    applies: Callable[[Workload], bool] = field(default=lambda w: True)
+    probe: Callable[[Any], bool] | None = None  #: readiness call for servers without health
+    measure: Callable[[Workload, argparse.Namespace], dict[str, Any]] | None = None  #: instead of a server
 
 
 def workloads(args: argparse.Namespace) -> list[Workload]:
@@ -47,17 +70,22 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     batches = [
         Workload(m, rows, args.batch_in_flight) for rows in args.batch_rows for m in ("Score", "ScoreStream")
     ]
+    # Columnar results matter for bulk: the last (largest) batch size only, the issue's target row.
     columnar = [
-        Workload("ScoreStream", rows, args.batch_in_flight, columnar=True) for rows in args.batch_rows
+        Workload("ScoreStream", rows, args.batch_in_flight, columnar=True) for rows in args.batch_rows[-1:]
     ]
     return unary + batches + columnar
 
 
-def _specs(w: Workload, target: str, n_features: int, processes: int, args: argparse.Namespace, limit: int):
+def _specs(
+    w: Workload, side: Side, n_features: int, pool: loadgen.ClientPool, args: argparse.Namespace
+) -> list[loadgen.LoadSpec]:
+    assert side.server is not None
     start_at = time.time() + START_LEAD_S + args.warmup_s
+    limit = ServerConfig.from_sources({}).message_limit_bytes
     return [
         loadgen.LoadSpec(
-            target=target,
+            target=side.server.target,
             method=w.method,
             rows=w.rows,
             n_features=n_features,
@@ -65,24 +93,29 @@ def _specs(w: Workload, target: str, n_features: int, processes: int, args: argp
             start_at=start_at,
             duration_s=args.duration_s,
             max_message_bytes=limit,
+            protocol=side.protocol,
+            model=side.model,
+            channels=args.channels,
             columnar=w.columnar,
         )
-        for share in loadgen.split(w.in_flight, processes)
+        for share in loadgen.split(w.in_flight, pool.size)
     ]
 
 
 def measure_server(
-    pool: loadgen.ClientPool, server: ServerProcess, w: Workload, n_features: int, args: argparse.Namespace
+    pool: loadgen.ClientPool, side: Side, w: Workload, n_features: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Drive ``server`` with workload ``w``; rates, latencies and where the CPU time went."""
-    limit = ServerConfig.from_sources({}).message_limit_bytes
-    specs = _specs(w, server.target, n_features, pool.size, args, limit)
-    pool.submit(specs)
+    """Drive one server with workload ``w``; rates, latencies and where the CPU time went."""
+    if side.measure is not None:
+        return side.measure(w, args)
+    assert side.server is not None
+    specs = _specs(w, side, n_features, pool, args)
+    pool.submit(list(specs))
     start_at = specs[0].start_at
     time.sleep(max(0.0, start_at - time.time()))
-    cpu0 = loadgen.process_cpu_s(server.pid)
+    cpu0 = side.server.cpu_sample()
     time.sleep(max(0.0, start_at + args.duration_s - time.time()))
-    cpu1 = loadgen.process_cpu_s(server.pid)
+    cpu1 = side.server.cpu_sample()
     results = pool.collect(len(specs), timeout_s=args.duration_s + 2 * loadgen.CALL_TIMEOUT_S)
     latencies = [t for r in results for t in r.latencies_s]
     m = report.summarize(
@@ -92,7 +125,11 @@ def measure_server(
         duration_s=args.duration_s,
         errors=sum(r.errors for r in results),
     )
-    m["server_cpu_cores"] = (cpu1 - cpu0) / args.duration_s
+    # The whole process tree: supervisor, workers and their helpers.
+    m["server_cpu_cores"] = procs.cpu_between(cpu0, cpu1) / args.duration_s
+    m["server_cpu_cores_by_pid"] = {
+        str(pid): round((cpu - cpu0.get(pid, 0.0)) / args.duration_s, 3) for pid, cpu in cpu1.items()
+    }
     m["client_cpu_cores"] = sum(r.cpu_s for r in results) / args.duration_s
     m["client_processes"] = len(specs)
     m["client_late_s"] = max(r.late_s for r in results)
@@ -100,108 +137,133 @@ def measure_server(
     if errors:
         m["first_error"] = errors[0]
     if m["requests"] == 0:
-        raise AeguardError(f"{server.name}: no call completed for {w.name}: {errors[:1]}")
+        raise AeguardError(f"{side.label}: no call completed for {w.name}: {errors[:1]}")
     return m
 
 
+def run_rounds(
+    pool: loadgen.ClientPool,
+    sides: list[Side],
+    workload_list: list[Workload],
+    n_features: int,
+    args: argparse.Namespace,
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every (workload, side) cell once per round, sides in alternating order; cell -> rounds."""
+    rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in range(args.repeat):
+        for w in workload_list:
+            here = [s for s in sides if s.applies(w)]
+            for side in here if r % 2 == 0 else here[::-1]:
+                rounds.setdefault((w.name, side.key), []).append(
+                    measure_server(pool, side, w, n_features, args)
+                )
+        print(f"  round {r + 1}/{args.repeat} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    return rounds
+
+
+def start_sides(sides: list[Side]) -> None:
+    for side in sides:
+        if side.server is not None:
+            side.server.wait_serving(probe=side.probe)
+
+
+def stop_sides(sides: list[Side]) -> None:
+    for side in sides:
+        if side.server is not None:
+            side.server.stop()
+
+
+def base_sides(model: Path, log_dir: Path, args: argparse.Namespace, meta: Any, workers: int) -> list[Side]:
+    """aeguard with the default processes and with 1, and the two no-op floors (started, not waited)."""
+    sides: list[Side] = []
+    sides.append(Side("ae_default", "aeguard N", start_aeguard(model, log_dir, args.server_arg)))
+    sides.append(
+        Side(
+            "ae_1",
+            "aeguard 1",
+            start_aeguard(
+                model, log_dir, args.server_arg, name="aeguard 1 process", args=("--processes", "1")
+            ),
+        )
+    )
+    for aio in (False, True):
+        noop = start_noop(log_dir, workers=workers, model_name=meta.name, model_version=meta.version, aio=aio)
+        sides.append(Side("noop_aio" if aio else "noop_sync", "no-op aio" if aio else "no-op sync", noop))
+    return sides
+
+
+def in_process_side(scorer: Scorer) -> Side:
+    """In-process scoring in this process, on as many threads as there are calls in flight (up to one
+    per core): the most this machine can score with this model. It takes its turn in the rounds like
+    a server (the servers sit idle meanwhile), so its ratio is paired like the others."""
+    cores = os.cpu_count() or 1
+
+    def measure(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
+        threads = min(w.in_flight, cores)
+        res = measure_in_process(
+            scorer, rows=w.rows, threads=threads, duration_s=args.duration_s, warmup_s=args.warmup_s
+        )
+        m = report.summarize(
+            requests=res.requests,
+            samples=res.samples,
+            latencies_s=res.latencies_s,
+            duration_s=args.duration_s,
+        )
+        m["threads"] = threads
+        m["server_cpu_cores"] = res.cpu_s / args.duration_s
+        return m
+
+    return Side("in_process", "in-proc", None, measure=measure)
+
+
 def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> dict[str, Any]:
-    """Measure every workload on both servers and in-process; print the table; return the record."""
+    """Measure every workload on every server and in-process; print the tables; return the record."""
     log_dir.mkdir(parents=True, exist_ok=True)
     config = ServerConfig.from_sources({})
     intra, inter = config.intra_op_threads, config.inter_op_threads
     scorer = Scorer.load(model, intra_op_threads=intra, inter_op_threads=inter)
     meta = scorer.metadata
-    workers = _server_workers(args.server_arg, 4)  # the no-op server's thread pool
     cores = os.cpu_count() or 1
-    print(
-        f"\nserving benchmark: model {meta.name} {meta.version} ({meta.n_features} features, coding size "
-        f"{meta.coding_size}) from {model}\n"
-        f"machine: {cores} cores; servers: one process each, {workers} RPC threads, onnxruntime intra/inter "
-        f"{intra}/{inter} threads; load generator: {args.client_processes} grpc.aio client processes on the "
-        f"same cores;\n{args.duration_s:g} s measured per cell after {args.warmup_s:g} s warm-up, "
-        f"{args.repeat} round(s), median reported; loopback only; load average {os.getloadavg()[0]:.1f}",
-        flush=True,
-    )
     workload_list = workloads(args)
-    rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
     pool = loadgen.ClientPool(args.client_processes)
-    servers: list[ServerProcess] = []
+    sides: list[Side] = []
     try:
-        aeguard = start_aeguard(model, log_dir, args.server_arg)
-        servers.append(aeguard)
-        noop = start_noop(log_dir, workers=workers, model_name=meta.name, model_version=meta.version)
-        servers.append(noop)
-        for s in servers:
-            s.wait_serving()
-        # Rounds interleave the servers (and swap who goes first) so a burst of outside load hits
-        # both alike; the median round is reported.
-        for r in range(args.repeat):
-            for w in workload_list:
-                for side, server in [("aeguard", aeguard), ("noop", noop)][:: 1 if r % 2 == 0 else -1]:
-                    m = measure_server(pool, server, w, meta.n_features, args)
-                    rounds.setdefault((w.name, side), []).append(m)
-            print(f"  round {r + 1}/{args.repeat} done", flush=True)
+        sides = base_sides(model, log_dir, args, meta, args.noop_workers)
+        if args.micro_batch:
+            mb = start_aeguard(
+                model, log_dir, args.server_arg, name="aeguard N micro-batch",
+                args=("--micro-batch-rows", str(MICRO_BATCH_ROWS)),
+            )  # fmt: skip
+            sides.append(Side("ae_mb", f"ae N mb{MICRO_BATCH_ROWS}", mb, applies=targets.is_micro_batch_cell))
+        start_sides(sides)
+        processes = aeguard_processes(sides)
+        print(
+            f"\nserving benchmark: model {meta.name} {meta.version} ({meta.n_features} features) "
+            f"from {model}\n"
+            f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} at start; aeguard N = default "
+            f"--processes ({processes} here), aeguard 1 = --processes 1; no-op floors: one process each "
+            f"(sync: {args.noop_workers} threads);\nload generator: {args.client_processes} grpc.aio client "
+            f"processes x {args.channels} channels each (SO_REUSEPORT balances connections, not calls), on "
+            f"the same cores;\n{args.duration_s:g} s measured per cell after {args.warmup_s:g} s warm-up, "
+            f"{args.repeat} interleaved round(s), median reported; loopback only",
+            flush=True,
+        )
+        sides.append(in_process_side(scorer))
+        rounds = run_rounds(pool, sides, workload_list, meta.n_features, args)
     finally:
         pool.close()
-        for s in servers:
-            s.stop()
-    # In-process last, with both servers gone, on as many threads as there are calls in flight (up to
-    # one per core): the most this machine can score with this model.
-    in_process: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for w in workload_list:
-        key = (w.rows, min(w.in_flight, cores))
-        while len(in_process.setdefault(key, [])) < args.repeat:
-            res = measure_in_process(scorer, rows=key[0], threads=key[1], duration_s=args.duration_s)
-            m = report.summarize(
-                requests=res.requests,
-                samples=res.samples,
-                latencies_s=res.latencies_s,
-                duration_s=args.duration_s,
-            )
-            m["threads"] = key[1]
-            m["server_cpu_cores"] = res.cpu_s / args.duration_s
-            in_process[key].append(m)
-    rows: list[dict[str, Any]] = []
-    for w in workload_list:
-        rate_key = "samples_per_s" if w.rows > 1 else "requests_per_s"
-        sides = {
-            "aeguard": rounds[(w.name, "aeguard")],
-            "noop": rounds[(w.name, "noop")],
-            "in_process": in_process[(w.rows, min(w.in_flight, cores))],
-        }
-        row: dict[str, Any] = {
-            "workload": w.name,
-            "method": w.method,
-            "rows": w.rows,
-            "in_flight": w.in_flight,
-            "columnar": w.columnar,
-        }
-        for side, ms in sides.items():
-            row[side] = dict(report.median_round(ms, rate_key))
-            row[side]["rounds"] = [m[rate_key] for m in ms]
-        rows.append(row)
-    for row in rows:
-        rate_key = "samples_per_s" if row["rows"] > 1 else "requests_per_s"
-        row["rate_key"] = rate_key
-        row["unit"] = "samples/s" if row["rows"] > 1 else "req/s"
-        # Each aeguard round ran next to a no-op round: the median of those paired ratios is steadier
-        # under outside load than the ratio of the two medians.
-        row["ratio_vs_noop"] = report.median_ratio(row["aeguard"]["rounds"], row["noop"]["rounds"])
-        row["ratio_vs_in_process"] = report.ratio(row["aeguard"][rate_key], row["in_process"][rate_key])
+        stop_sides(sides)
+    rows = build_rows(workload_list, sides, rounds)
     print()
-    print(report.format_table(rows))
-    verdict = _target(rows)
-    print(verdict["line"])
-    columnar_verdict = _columnar_target(rows)
-    print(columnar_verdict["line"])
-    print(
-        "notes: rates and latencies are the median round's. ae/no-op = median over rounds of aeguard's "
-        "rate / the no-op rate of the same round; ae/in-proc = ratio of the medians.\n"
-        "srv CPU us/req = server process CPU time per request (less sensitive to outside load than rates). "
-        "cores = CPU seconds per second\nof the aeguard server process and of all client processes together "
-        f"in aeguard's window. Client and server share the {cores} cores, so the load generator's\nCPU is "
-        "taken from both servers alike. In-process runs min(in-flight, cores) threads."
-    )
+    print(report.format_tables(rows, [(s.key, s.label) for s in sides]))
+    if errors := report.format_errors(rows, [(s.key, s.label) for s in sides]):
+        print(errors)
+    verdicts = targets.serving_targets(rows)
+    print()
+    print(targets.format_targets(verdicts))
+    print(NOTES)
+    if warning := load_warning(cores):
+        print(warning)
     return {
         "model": {
             "path": str(model),
@@ -214,73 +276,70 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
             "warmup_s": args.warmup_s,
             "repeat": args.repeat,
             "client_processes": args.client_processes,
-            "server_workers": workers,
+            "channels_per_client_process": args.channels,
+            "aeguard_default_processes": processes,
+            "noop_sync_workers": args.noop_workers,
             "onnxruntime_threads": {"intra_op": intra, "inter_op": inter},
             "server_args": args.server_arg,
             # aeguard's defaults (plus AEGUARD_* variables) at the time of the run; --server-arg overrides.
             "server_config": dataclasses.asdict(config),
         },
+        "sides": {s.key: s.label for s in sides},
         "rows": rows,
-        "target": verdict,
-        "columnar_target": columnar_verdict,
+        "targets": verdicts,
     }
 
 
-def _server_workers(server_args: list[str], default: int) -> int:
-    """The RPC thread count aeguard will use, so the no-op server gets the same."""
-    for i, a in enumerate(server_args):
-        if a.startswith("--workers="):
-            return int(a.split("=", 1)[1])
-        if a == "--workers" and i + 1 < len(server_args):
-            return int(server_args[i + 1])
-    return default
+NOTES = (
+    "notes: rates, latencies and CPU are the median round's. ratios are medians over rounds of paired "
+    "ratios: aeguard / the faster no-op of the same round,\nmicro-batch / aeguard N of the same round. "
+    "srv CPU us/req = CPU time of the server's whole process tree (supervisor + workers) per request.\n"
+    "Client and server share the cores, so the load generator's CPU is taken from every server alike. "
+    "In-process runs min(in-flight, cores) threads\nin this process, in its turn within each round. "
+    "aeN busiest = the share of aeguard N's CPU its busiest process used (50 % = even over 2 workers)."
+)
 
 
-def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    match = [
-        r for r in rows if r["method"] == "Score" and r["rows"] == 1 and r["in_flight"] == TARGET_CONCURRENCY
-    ]
-    if not match:
-        return {"line": f"target: no unary batch-1 run at concurrency {TARGET_CONCURRENCY}", "met": None}
-    value = match[0]["ratio_vs_noop"]
-    met = value is not None and value >= TARGET_RATIO
-    return {
-        "line": f"target: unary batch-1 at concurrency {TARGET_CONCURRENCY}: aeguard / no-op = {value:.2f} "
-        f"(target >= {TARGET_RATIO}): {'MET' if met else 'NOT MET'}",
-        "ratio": value,
-        "target_ratio": TARGET_RATIO,
-        "met": met,
-    }
-
-
-def _columnar_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """ScoreStream batch 4096 with columnar results, as a fraction of in-process onnxruntime samples/s."""
-    match = [r for r in rows if r.get("columnar") and r["rows"] == COLUMNAR_TARGET_ROWS]
-    if not match:
-        return {"line": f"target: no columnar ScoreStream run at batch {COLUMNAR_TARGET_ROWS}", "met": None}
-    row = match[0]
-    value = row["ratio_vs_in_process"]
-    met = value is not None and value >= TARGET_RATIO
-    # In-process runs after the servers, so a change in outside load between the two skews the rate
-    # ratio; CPU time per sample hardly depends on it, so it is given next to it.
-    cpu_ns = {
-        side: 1e9 * row[side]["server_cpu_cores"] / row[side]["samples_per_s"]
-        for side in ("aeguard", "in_process")
-        if row[side].get("samples_per_s")
-    }
-    cpu_ratio = cpu_ns["in_process"] / cpu_ns["aeguard"] if len(cpu_ns) == 2 and cpu_ns["aeguard"] else None
-    cpu_line = (
-        f"; CPU per sample: in-process {cpu_ns['in_process']:.0f} ns, aeguard server "
-        f"{cpu_ns['aeguard']:.0f} ns (in-process / aeguard = {cpu_ratio:.2f})"
-        if cpu_ratio is not None
-        else ""
+def load_warning(cores: int) -> str:
+    """A line when outside work oversubscribes the machine: rates then follow the scheduler's shares."""
+    load = os.getloadavg()[0]
+    if load <= cores:
+        return ""
+    return (
+        f"WARNING: load average {load:.1f} on {cores} cores: other work competes for the CPU, so rates "
+        "follow the scheduler's shares\n(a server with more runnable processes gets more); CPU per request "
+        "is the steadier figure."
     )
-    return {
-        "line": f"target: ScoreStream batch {COLUMNAR_TARGET_ROWS} columnar: aeguard / in-process = "
-        f"{value:.2f} (target >= {TARGET_RATIO}): {'MET' if met else 'NOT MET'}{cpu_line}",
-        "ratio": value,
-        "target_ratio": TARGET_RATIO,
-        "met": met,
-        "cpu_ns_per_sample": cpu_ns,
-        "cpu_ratio": cpu_ratio,
-    }
+
+
+def aeguard_processes(sides: list[Side]) -> Any:
+    """The process count aeguard N announced (its default --processes on this machine)."""
+    server = next(s.server for s in sides if s.key == "ae_default")
+    return server.announcement.get("processes") if server is not None else None
+
+
+def build_rows(
+    workload_list: list[Workload], sides: list[Side], rounds: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One record per workload: each side's median round and its per-round rates, plus the ratios."""
+    rows: list[dict[str, Any]] = []
+    for w in workload_list:
+        key = w.rate_key
+        row: dict[str, Any] = {
+            "workload": w.name,
+            "method": w.method,
+            "rows": w.rows,
+            "in_flight": w.in_flight,
+            "columnar": w.columnar,
+            "rate_key": key,
+            "unit": "samples/s" if w.rows > 1 else "req/s",
+        }
+        cells = {s.key: rounds[(w.name, s.key)] for s in sides if (w.name, s.key) in rounds}
+        for side_key, ms in cells.items():
+            row[side_key] = dict(report.median_round(ms, key))
+            row[side_key]["rounds"] = [m[key] for m in ms]
+            row[side_key]["cpu_us_per_request_rounds"] = [report.cpu_us_per_request(m) for m in ms]
+            row[side_key]["p99_ms_rounds"] = [m["p99_ms"] for m in ms]
+        targets.add_ratios(row)
+        rows.append(row)
+    return rows
