@@ -23,6 +23,7 @@ log = logging.getLogger("aeguard")
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli_train", "fit an autoencoder on a data file and export one ONNX model"),
     "inspect": ("service.cli_inspect", "show a model's metadata"),
+    "sample": ("service.cli_sample", "generate synthetic rows from a variational autoencoder's model file"),
     "evaluate": ("training.cli_evaluate", "score a data file with a model and report detection quality"),
     "serve": ("service.rpc.main", "serve models over gRPC with Prometheus metrics"),
     "score": ("service.batch.cli", "batch-score a file or dataset, locally or on Spark"),

@@ -2,7 +2,8 @@
 
 Figures: learning curves; score histograms of normal vs anomalous rows with the thresholds;
 ROC and PR curves; per-feature errors; the first layer's weights (one panel per neuron); and for
-each coding unit the training rows that activate it most.
+each coding unit the training rows that activate it most; for a variational autoencoder, real vs
+generated rows (:mod:`training.vae_report`).
 """
 
 from __future__ import annotations
@@ -378,6 +379,10 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
             "numbered from 1 in the data as `aeguard score` numbers them.",
         )
     )
+    if meta.architecture.get("kind") == "variational_autoencoder":
+        from training.vae_report import generation_panel
+
+        figures += generation_panel(result, out, _pyplot())
     (out / "metadata.json").write_text(json.dumps(json.loads(meta.to_json()), indent=2, sort_keys=True))
     ident = meta.evaluation.get("identity_check", {})
     warning = ""
@@ -387,8 +392,9 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
             "as real ones, so the model may be copying its input. Try a smaller coding size.</p>"
         )
     sections = "\n".join(
-        f"<h2>{html.escape(title)}</h2><figure><img src='{file}' alt='{html.escape(title)}'>"
-        f"<figcaption>{html.escape(text)}</figcaption></figure>"
+        f"<h2>{html.escape(title)}</h2><figure>"
+        + (f"<img src='{file}' alt='{html.escape(title)}'>" if file else "")  # "": a figure in words
+        + f"<figcaption>{html.escape(text)}</figcaption></figure>"
         for file, title, text in figures
     )
     page = f"""<!doctype html>
