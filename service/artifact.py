@@ -23,7 +23,8 @@ SCHEMA_VERSION = 1
 INPUT_NAME = "x"
 #: Mean of ``feature_errors`` per sample: the squared reconstruction error in scaled space, by
 #: default whitened by the residual covariance of normal rows (a Mahalanobis distance / d, about 1
-#: on normal data; ``architecture.score`` says which). Higher = more anomalous.
+#: on normal data; ``architecture.score`` says which). A variational autoencoder adds its KL term
+#: (a negative ELBO, see docs/vae.md). Higher = more anomalous.
 OUTPUT_SCORE = "score"
 #: Per sample and feature: the squared (whitened) residual, so each feature's share of the score.
 OUTPUT_FEATURE_ERRORS = "feature_errors"

@@ -340,6 +340,7 @@ def train_model(
                 if fitted.error_whitening is not None
                 else "mean squared error in scaled space"
             )
+            + (vae.SCORE_NOTE if config.architecture == "vae" else "")
             + (f", averaged over {len(member_fits)} networks" if len(member_fits) > 1 else ""),
             "undercomplete": all(f.model.sizes[-1] < d for f in member_fits),
         },

@@ -74,6 +74,13 @@ class VariationalAutoencoder(Autoencoder):
         """The posterior means ``[n, k]``: the model's codings (the scoring graph needs no variances)."""
         return self.encoder[-1](self._last_hidden(z))
 
+    def score_penalty(self, z: torch.Tensor) -> torch.Tensor:
+        """``2 KL(q(c | x) || N(0, I)) / d`` per row: added to the mean squared (whitened) residual, the
+        score is the negative ELBO under a Gaussian decoder with the residuals' covariance, times
+        ``2 / d``, up to a constant (docs/vae.md: it detected better than the residual alone)."""
+        mean, logvar = self.encode_stats(z)
+        return 2.0 * kl_divergence(mean, logvar) / z.shape[1]
+
     def output_logvar(self) -> torch.Tensor:
         """Per-feature log-variance of the decoder's Gaussian, floored (see module constants)."""
         return self.observation_logvar.clamp(min=math.log(OBSERVATION_VARIANCE_FLOOR))
@@ -164,6 +171,13 @@ class GeneratorGraph(nn.Module):
             scaled = member.decode(z[:, :k]) + noise * torch.exp(0.5 * member.output_logvar())
             rows.append(scaled * self.scale + self.mean)
         return torch.stack(rows)
+
+
+#: Appended to the metadata's ``architecture.score`` for a VAE.
+SCORE_NOTE = (
+    ", plus 2 KL(posterior || prior) / d per network (the negative ELBO under a Gaussian decoder with "
+    "the residual covariance, times 2/d, up to a constant)"
+)
 
 
 def architecture_fields(config: FitConfig) -> dict[str, Any]:
