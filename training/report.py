@@ -65,18 +65,19 @@ def learning_curves_figure(result: TrainResult) -> Any:
     fig, axes = plt.subplots(
         1, len(fits), figsize=(7 if len(fits) == 1 else 4.2 * len(fits), 4), squeeze=False
     )
+    variational = result.metadata.architecture.get("kind") == "variational_autoencoder"
     for i, (fit, ax) in enumerate(zip(fits, axes.flat, strict=True)):
         epochs = np.arange(1, len(fit.train_loss) + 1)
         ax.plot(epochs, fit.train_loss, label="train", color=_NORMAL_COLOR)
         ax.plot(epochs, fit.validation_loss, label="validation", color="#55A868")
         ax.axvline(fit.best_epoch, color="#888888", ls="--", lw=1, label=f"best epoch ({fit.best_epoch})")
-        ax.set_yscale("log")
+        ax.set_yscale("linear" if variational else "log")  # a negative ELBO can be below 0
         ax.set_xlabel("epoch")
         if len(fits) > 1:
             act = activations[i] if i < len(activations) else ""
             ax.set_title(f"network {i + 1} of {len(fits)} ({act})".replace(" ()", ""), fontsize=10)
         if i == 0:
-            ax.set_ylabel("mean squared error (scaled space)")
+            ax.set_ylabel("negative ELBO / d" if variational else "mean squared error (scaled space)")
         ax.legend(fontsize=8)
     fig.suptitle("Learning curves" + (f": each of the {len(fits)} networks" if len(fits) > 1 else ""))
     fig.tight_layout()
