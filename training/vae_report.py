@@ -107,7 +107,7 @@ def plot_histograms(real: np.ndarray, generated: np.ndarray, names: list[str], p
         )
         ax.set_title(names[j], fontsize=9)
         ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=8, loc="upper right")
     more = f" (first {shown} of {len(names)} features)" if len(names) > shown else ""
     fig.suptitle(f"Per-feature distributions, real vs generated{more}")
     fig.tight_layout()
