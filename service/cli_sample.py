@@ -22,16 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the rows and write them; print one line saying what was written."""
     from service.batch.io import output_format
-    from service.sample import generate, load_generator, write_rows
+    from service.sample import generate_chunks, load_generator, write_rows
 
     if args.rows < 1:
         raise InvalidInputError(f"-n must be >= 1, got {args.rows}")
     output_format(args.out)  # refuse a bad extension before loading anything
     generator = load_generator(args.model)
-    rows = generate(generator, args.rows, args.seed)
-    path = write_rows(rows, generator.metadata.feature_names, args.out)
+    names = generator.metadata.feature_names
+    written = write_rows(generate_chunks(generator, args.rows, args.seed), names, args.out)
     print(
-        f"wrote {len(rows)} generated rows x {rows.shape[1]} features to {path} "
+        f"wrote {written} generated rows x {len(names)} features to {args.out} "
         f"(model {generator.metadata.name} {generator.metadata.version}, seed {args.seed})"
     )
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,25 +89,28 @@ def load_generator(path: str | Path) -> Generator:
     )
 
 
-def generate(generator: Generator, n_rows: int, seed: int = 0) -> np.ndarray:
-    """``n_rows`` synthetic rows ``[n, d]`` (float32, raw units); the same seed gives the same rows.
+def generate_chunks(generator: Generator, n_rows: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_rows`` synthetic rows (float32, raw units) in chunks of at most :data:`CHUNK_ROWS`.
 
     Each row draws ``z`` from the standard-normal prior, decoder noise, and (for an ensemble)
-    which network decodes it, all from one seeded generator.
+    which network decodes it, all from one seeded generator: the same seed gives the same rows.
     """
     if n_rows < 1:
         raise InvalidInputError(f"the number of rows must be >= 1, got {n_rows}")
     rng = np.random.default_rng(seed)
     z_name, noise_name = artifact.GENERATOR_INPUTS
-    parts = []
     for start in range(0, n_rows, CHUNK_ROWS):
         z, noise, member = draw_inputs(
             rng, min(CHUNK_ROWS, n_rows - start), generator.latent_size, generator.metadata.n_features,
             generator.members,
         )  # fmt: skip
         samples = generator.session.run([artifact.GENERATOR_OUTPUT], {z_name: z, noise_name: noise})[0]
-        parts.append(samples[member, np.arange(len(member))])
-    return np.concatenate(parts).astype(np.float32, copy=False)
+        yield samples[member, np.arange(len(member))].astype(np.float32, copy=False)
+
+
+def generate(generator: Generator, n_rows: int, seed: int = 0) -> np.ndarray:
+    """All of :func:`generate_chunks` as one ``[n_rows, d]`` array."""
+    return np.concatenate(list(generate_chunks(generator, n_rows, seed)))
 
 
 def draw_inputs(
@@ -120,11 +124,14 @@ def draw_inputs(
     return z, noise, rng.integers(0, members, size=n)
 
 
-def write_rows(rows: np.ndarray, feature_names: list[str], out: str | Path) -> Path:
-    """Write ``rows`` under ``feature_names`` as CSV or Parquet (by extension), atomically."""
-    table = pa.table({name: rows[:, j] for j, name in enumerate(feature_names)})
-    with AtomicWriter(out, table.schema) as writer:
-        for batch in table.to_batches():
-            writer.write(batch)
+def write_rows(chunks: Iterable[np.ndarray], feature_names: list[str], out: str | Path) -> int:
+    """Write chunks of rows under ``feature_names`` as CSV or Parquet (by extension), atomically, one
+    chunk in memory at a time; return the number of rows written."""
+    schema = pa.schema([(name, pa.float32()) for name in feature_names])
+    written = 0
+    with AtomicWriter(out, schema) as writer:
+        for rows in chunks:
+            writer.write(pa.record_batch([rows[:, j] for j in range(rows.shape[1])], schema=schema))
+            written += len(rows)
         writer.commit()
-    return Path(out)
+    return written
