@@ -44,7 +44,7 @@ def vae(tiny_dataset, tmp_path_factory) -> tuple[TrainResult, Path]:
     return result, out
 
 
-def test_vae_exports_with_parity_and_posterior_mean_codes(vae, tiny_dataset):
+def test_vae_exports_with_parity_and_posterior_mean_codes(vae, tiny_dataset, capsys):
     result, path = vae
     meta = result.metadata
     assert meta.architecture["kind"] == "variational_autoencoder"
@@ -54,6 +54,9 @@ def test_vae_exports_with_parity_and_posterior_mean_codes(vae, tiny_dataset):
     assert meta.export["parity_worst_fraction_of_tolerance"] <= 1.0
     generator = meta.export["generator"]
     assert generator["parity_worst_fraction_of_tolerance"] <= 1.0 and generator["latent_size"] == 2
+    assert main(["inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "variational, 2 networks averaged" in shown and "`aeguard sample`: 2 prior draws" in shown
     # `codes` are the first network's posterior means; the anomalies still stand out.
     scorer = Scorer.load(path)
     x = tiny_dataset.X[:50]
