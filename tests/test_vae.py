@@ -185,3 +185,20 @@ def test_plain_autoencoder_files_are_unchanged(tiny_model_path):
 
     keys = set(ort.InferenceSession(str(tiny_model_path)).get_modelmeta().custom_metadata_map)
     assert keys == {"aeguard"}
+
+
+def test_benchmark_row_aeguard_vae_scores_through_its_onnx_file(tiny_dataset):
+    """`aeguard benchmark --detectors aeguard-vae` (and `make quality`): default VAE settings, scored by
+    the service's scorer from the exported file."""
+    from sklearn.metrics import roc_auc_score
+
+    from training.benchmark_detectors import DETECTORS, build_detector
+
+    assert "aeguard-vae" in DETECTORS
+    detector = build_detector("aeguard-vae", 0)
+    normal = tiny_dataset.normal
+    detector.fit(normal[:400])
+    assert detector.scorer.metadata.architecture["kind"] == "variational_autoencoder"
+    x = np.vstack([normal[400:], tiny_dataset.anomalies])
+    y = np.r_[np.zeros(len(normal) - 400), np.ones(len(tiny_dataset.anomalies))]
+    assert roc_auc_score(y, detector.anomaly_score(x)) > 0.9
