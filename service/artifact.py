@@ -23,7 +23,8 @@ SCHEMA_VERSION = 1
 INPUT_NAME = "x"
 #: Mean of ``feature_errors`` per sample: the squared reconstruction error in scaled space, by
 #: default whitened by the residual covariance of normal rows (a Mahalanobis distance / d, about 1
-#: on normal data; ``architecture.score`` says which). Higher = more anomalous.
+#: on normal data; ``architecture.score`` says which). A variational autoencoder adds its KL term
+#: (a negative ELBO, see docs/vae.md). Higher = more anomalous.
 OUTPUT_SCORE = "score"
 #: Per sample and feature: the squared (whitened) residual, so each feature's share of the score.
 OUTPUT_FEATURE_ERRORS = "feature_errors"
@@ -32,6 +33,14 @@ OUTPUT_CODES = "codes"
 #: The reconstruction in raw units, ``[batch, n_features]``.
 OUTPUT_RECONSTRUCTION = "reconstruction"
 OUTPUT_NAMES = (OUTPUT_SCORE, OUTPUT_FEATURE_ERRORS, OUTPUT_CODES, OUTPUT_RECONSTRUCTION)
+
+#: A variational autoencoder's file also holds its generator: a second, small ONNX model
+#: (base64) in ``metadata_props`` under this key, which the scoring graph and the scorer ignore.
+#: Its inputs are standard-normal draws ``z`` ``[n, latent_size]`` and ``noise`` ``[n, d]``; its
+#: output ``samples`` ``[members, n, d]`` holds generated rows in raw units, one set per network.
+GENERATOR_KEY = "aeguard.generator"
+GENERATOR_INPUTS = ("z", "noise")
+GENERATOR_OUTPUT = "samples"
 
 #: Severity reported for a score below every threshold.
 SEVERITY_NONE = "none"
@@ -159,12 +168,14 @@ def describe_networks(architecture: dict[str, Any]) -> str:
     """``d -> h -> k -> h -> d activation`` for the network, or for each network of an ensemble
     (their coding sizes may differ), from the metadata's ``architecture``."""
     sizes = architecture.get("member_layer_sizes") or [architecture.get("layer_sizes", [])]
+    variational = architecture.get("kind") == "variational_autoencoder"
     activations = [a.strip() for a in str(architecture.get("activation", "")).split(",")]
     parts = [
         " -> ".join(str(n) for n in [*layers, *layers[-2::-1]]) + f" {act}"
         for layers, act in zip(sizes, activations, strict=False)
     ]
-    return parts[0] if len(parts) == 1 else f"{len(parts)} networks averaged: " + "; ".join(parts)
+    text = parts[0] if len(parts) == 1 else f"{len(parts)} networks averaged: " + "; ".join(parts)
+    return f"variational, {text}" if variational else text
 
 
 def describe_training(training: dict[str, Any]) -> str:

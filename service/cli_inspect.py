@@ -108,6 +108,14 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
     if meta.export:
         opset = meta.export.get("opset")
         lines.append(f"export         opset {opset}; parity {describe_parity(meta.export)}")
+        generator = meta.export.get("generator")
+        if generator:  # a variational autoencoder: `aeguard sample` can generate rows from it
+            lines.append(
+                f"generator      `aeguard sample`: {generator['latent_size']} prior draws per row, "
+                f"{generator['onnx_bytes']:,}-byte ONNX in metadata '{generator['metadata_key']}'; "
+                f"max |torch - onnxruntime| {generator['parity_max_abs_diff']:.2g} on "
+                f"{generator['parity_rows']} draws"
+            )
     if meta.versions:
         lines.append(f"versions       {_fmt(meta.versions)}")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import torch
 
 from service.artifact import ModelMetadata, Threshold
 from service.errors import InvalidInputError
-from training import calibrate, defaults
+from training import calibrate, defaults, vae
 from training.data import check_matrix
 from training.evaluate import detection_metrics, identity_check
 from training.export import EXPORTER, check_parity, to_onnx, write_model
@@ -140,6 +140,15 @@ def resolve_fit_config(n_features: int, config: FitConfig, allow_overcomplete: b
         )
     if config.denoise_sigma < 0:
         raise InvalidInputError(f"denoise sigma must be >= 0, got {config.denoise_sigma}")
+    if config.architecture not in defaults.ARCHITECTURES:
+        raise InvalidInputError(
+            f"unknown architecture {config.architecture!r}; choose from {', '.join(defaults.ARCHITECTURES)}"
+        )
+    if not (config.kl_weight >= 0 and math.isfinite(config.kl_weight)) or config.kl_warmup_epochs < 0:
+        raise InvalidInputError(
+            f"the KL weight must be finite and >= 0 and its warm-up >= 0 epochs, got {config.kl_weight} "
+            f"and {config.kl_warmup_epochs}"
+        )
     if member_sizes is not None and len(member_sizes) != n_members:
         raise InvalidInputError(
             f"{len(member_sizes)} member coding sizes for {n_members} network(s) in {config.activation!r}"
@@ -312,7 +321,8 @@ def train_model(
         thresholds=thresholds,
         score_distribution=calibrate.score_distribution(cal_scores),
         architecture={
-            "kind": "dense_autoencoder",
+            "kind": vae.KIND if config.architecture == "vae" else "dense_autoencoder",
+            **(vae.architecture_fields(config) if config.architecture == "vae" else {}),
             "layer_sizes": fitted.model.sizes,
             "hidden": list(config.hidden or []),
             "coding_size": config.coding_size,
@@ -330,6 +340,7 @@ def train_model(
                 if fitted.error_whitening is not None
                 else "mean squared error in scaled space"
             )
+            + (vae.SCORE_NOTE if config.architecture == "vae" else "")
             + (f", averaged over {len(member_fits)} networks" if len(member_fits) > 1 else ""),
             "undercomplete": all(f.model.sizes[-1] < d for f in member_fits),
         },
@@ -415,9 +426,16 @@ def export_model(result: TrainResult, out_path: str | Path) -> Path:
     )
     export_info["exporter"] = EXPORTER
     export_info["opset"] = int(next((o.version for o in model_proto.opset_import if o.domain == ""), 0))
+    extra_props: dict[str, str] = {}
+    if result.metadata.architecture.get("kind") == vae.KIND:
+        from training.vae_export import export_generator
+
+        extra_props, export_info["generator"] = export_generator(
+            result.graph, result.x.shape[1], result.fit_seed
+        )
     export_info["export_s"] = round(time.perf_counter() - started, 3)
     result.metadata = replace(result.metadata, export=export_info)
-    result.path = write_model(model_proto, result.metadata, out_path)
+    result.path = write_model(model_proto, result.metadata, out_path, extra_props)
     log.info("wrote %s (%s %s)", result.path, result.metadata.name, result.metadata.version)
     return result.path
 

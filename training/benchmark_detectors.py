@@ -48,10 +48,10 @@ class _ExportedAeguard:
     The export and loading count as fit time: a model is not usable before it exists as a file.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, architecture: str = "ae") -> None:
         from training.detector import AutoencoderDetector
 
-        self.detector = AutoencoderDetector(random_state=seed)
+        self.detector = AutoencoderDetector(random_state=seed, architecture=architecture)
 
     def fit(self, x: np.ndarray) -> _ExportedAeguard:
         from service.scorer import Scorer
@@ -67,6 +67,10 @@ class _ExportedAeguard:
 
 def _aeguard(seed: int) -> Detector:
     return _ExportedAeguard(seed)
+
+
+def _aeguard_vae(seed: int) -> Detector:
+    return _ExportedAeguard(seed, architecture="vae")
 
 
 def _iforest(seed: int) -> Detector:
@@ -107,6 +111,10 @@ DETECTORS: dict[str, tuple[Callable[[int], Detector], str]] = {
     "aeguard": (
         _aeguard,
         "aeguard's AutoencoderDetector, default settings, exported to ONNX and scored by service.scorer",
+    ),
+    "aeguard-vae": (
+        _aeguard_vae,
+        "aeguard with --architecture vae (variational autoencoders), otherwise as `aeguard`",
     ),
     "knn": (_knn, "PyOD KNN (k=5, largest distance) on the raw features, PyOD's default"),
     "knn-std": (_knn_standardized, "scikit-learn StandardScaler, then PyOD KNN (k=5, largest distance)"),

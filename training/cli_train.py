@@ -44,6 +44,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on all rows, anomalies included (default with labels: normal rows only)",
     )
     g = parser.add_argument_group("network")
+    g.add_argument(
+        "--architecture",
+        default=defaults.ARCHITECTURE,
+        metavar="KIND",
+        help="ae (autoencoder) or vae (variational autoencoder: codes are posterior means, and "
+        "`aeguard sample` generates rows from the model file; docs/vae.md) "
+        f"(default: {defaults.ARCHITECTURE})",
+    )
+    g.add_argument(
+        "--kl-weight",
+        type=float,
+        default=defaults.KL_WEIGHT,
+        metavar="BETA",
+        help=f"vae: weight of the KL term, 1 = the ELBO (default: {defaults.KL_WEIGHT:g})",
+    )
+    g.add_argument(
+        "--kl-warmup",
+        type=int,
+        default=defaults.KL_WARMUP_EPOCHS,
+        metavar="EPOCHS",
+        help=f"vae: epochs over which the KL weight rises from 0 (default: {defaults.KL_WARMUP_EPOCHS})",
+    )
     g.add_argument("--hidden", type=_int_list, metavar="64,32", help="encoder hidden sizes (default from d)")
     g.add_argument("--coding-size", type=int, metavar="K", help="coding width (default ~sqrt(d), < d)")
     g.add_argument(
@@ -109,6 +131,15 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.denoise < 0:
         raise InvalidInputError(f"--denoise must be >= 0, got {args.denoise}")
+    if args.architecture not in defaults.ARCHITECTURES:
+        raise InvalidInputError(
+            f"--architecture: unknown {args.architecture!r}; choose from {', '.join(defaults.ARCHITECTURES)}"
+        )
+    if not 0 <= args.kl_weight < float("inf") or args.kl_warmup < 0:
+        raise InvalidInputError(
+            f"--kl-weight must be finite and >= 0 and --kl-warmup >= 0, got {args.kl_weight} and "
+            f"{args.kl_warmup}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr,
             activation=args.activation,
             seed=args.seed,
+            architecture=args.architecture,
+            kl_weight=args.kl_weight,
+            kl_warmup_epochs=args.kl_warmup,
         ),
         thresholds=tuple(args.threshold or defaults.DEFAULT_THRESHOLDS),
         name=name,

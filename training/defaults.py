@@ -42,6 +42,15 @@ def unknown_activations(spec: str) -> list[str]:
     return [a for a in spec.split(",") if a.strip() not in ACTIVATION_NAMES]
 
 
+#: Network kinds: ``ae`` (the dense autoencoder) or ``vae`` (variational, see :mod:`training.vae`).
+ARCHITECTURES: tuple[str, ...] = ("ae", "vae")
+ARCHITECTURE = "ae"
+#: VAE only: weight of the KL term in the loss (1 = the ELBO) and the epochs over which it rises
+#: linearly from 0 to that weight (see :func:`training.vae.kl_weight_at`).
+KL_WEIGHT = 1.0
+KL_WARMUP_EPOCHS = 10
+
+
 #: torch intra-op threads. Small dense nets run fastest on one thread (measured: a step took
 #: 7 ms on 1 thread vs 19 ms on 2 on a busy 2-core machine), and one thread keeps runs reproducible.
 TORCH_THREADS = 1

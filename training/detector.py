@@ -41,6 +41,8 @@ class AutoencoderDetector:
         Adam learning rate.
     random_state : int
         Seed; same data and seed give the same scores.
+    architecture : str
+        ``ae`` (autoencoder) or ``vae`` (variational autoencoder, see :mod:`training.vae`).
     feature_names : list of str, optional
         Column names (default ``f0``, ``f1``, ...).
 
@@ -69,6 +71,7 @@ class AutoencoderDetector:
         lr: float = defaults.LEARNING_RATE,
         random_state: int = defaults.SEED,
         feature_names: list[str] | None = None,
+        architecture: str = defaults.ARCHITECTURE,
     ) -> None:
         self.hidden = hidden
         self.coding_size = coding_size
@@ -82,6 +85,7 @@ class AutoencoderDetector:
         self.lr = lr
         self.random_state = random_state
         self.feature_names = feature_names
+        self.architecture = architecture
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor parameters (scikit-learn protocol)."""
@@ -98,6 +102,7 @@ class AutoencoderDetector:
             "lr",
             "random_state",
             "feature_names",
+            "architecture",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -134,6 +139,7 @@ class AutoencoderDetector:
                 batch_size=self.batch_size,
                 lr=self.lr,
                 seed=self.random_state,
+                architecture=self.architecture,
             ),
             thresholds=(f"anomaly={self.threshold}",),
             name="detector",

@@ -112,7 +112,12 @@ def check_parity(graph: ScoringGraph, model: onnx.ModelProto, batch: np.ndarray)
     return report
 
 
-def write_model(model: onnx.ModelProto, metadata: ModelMetadata, out_path: str | Path) -> Path:
+def write_model(
+    model: onnx.ModelProto,
+    metadata: ModelMetadata,
+    out_path: str | Path,
+    extra_props: dict[str, str] | None = None,
+) -> Path:
     """Attach the metadata and write the model atomically (temporary file, then rename).
 
     Parameters
@@ -123,6 +128,8 @@ def write_model(model: onnx.ModelProto, metadata: ModelMetadata, out_path: str |
         Checked, then stored as JSON under :data:`service.artifact.METADATA_KEY`.
     out_path : str or Path
         Destination; its directory is created.
+    extra_props : dict, optional
+        More ``metadata_props`` entries (a VAE's generator, :mod:`training.vae_export`).
 
     Returns
     -------
@@ -135,6 +142,9 @@ def write_model(model: onnx.ModelProto, metadata: ModelMetadata, out_path: str |
     entry = model.metadata_props.add()
     entry.key = artifact.METADATA_KEY
     entry.value = metadata.to_json()
+    for key, value in (extra_props or {}).items():
+        extra = model.metadata_props.add()
+        extra.key, extra.value = key, value
     model.producer_name = "aeguard"
     model.doc_string = f"aeguard model {metadata.name} {metadata.version}"
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

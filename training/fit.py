@@ -13,6 +13,7 @@ import torch
 
 from training import defaults
 from training.model import Autoencoder
+from training.vae import VariationalAutoencoder, kl_weight_at
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class FitConfig:
         :func:`error_whitening`).
     seed : int
         Seeds the weight initialisation, the batch order and the noise.
+    architecture : str
+        ``ae`` (autoencoder) or ``vae`` (variational autoencoder, :mod:`training.vae`).
+    kl_weight, kl_warmup_epochs : float, int
+        VAE only: weight of the KL term and the epochs over which it warms up from 0; early
+        stopping waits for the warm-up to end.
     """
 
     hidden: list[int] | None = None
@@ -76,6 +82,9 @@ class FitConfig:
     max_steps: int | None = defaults.MAX_STEPS
     whiten_errors: bool = defaults.WHITEN_ERRORS
     seed: int = defaults.SEED
+    architecture: str = defaults.ARCHITECTURE
+    kl_weight: float = defaults.KL_WEIGHT
+    kl_warmup_epochs: int = defaults.KL_WARMUP_EPOCHS
 
 
 @dataclass
@@ -122,12 +131,15 @@ def seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
-def _loss(model: Autoencoder, z: torch.Tensor, batch_size: int) -> float:
+def _loss(model: Autoencoder, z: torch.Tensor, batch_size: int, kl_weight: float = 1.0) -> float:
     total = 0.0
     with torch.no_grad():
         for start in range(0, z.shape[0], max(batch_size, 4096)):
             zb = z[start : start + max(batch_size, 4096)]
-            total += float(((model(zb) - zb) ** 2).mean(dim=1).sum())
+            if isinstance(model, VariationalAutoencoder):  # negative ELBO at the posterior means
+                total += float(model.neg_elbo(zb, zb, kl_weight, None).sum())
+            else:
+                total += float(((model(zb) - zb) ** 2).mean(dim=1).sum())
     return total / max(1, z.shape[0])
 
 
@@ -196,7 +208,8 @@ def fit_autoencoder(
     z_train = torch.from_numpy((x_train - mean) / scale).float()
     z_val = torch.from_numpy((x_val - mean) / scale).float()
     d = x_train.shape[1]
-    model = Autoencoder(
+    network = VariationalAutoencoder if config.architecture == "vae" else Autoencoder
+    model = network(
         d, config.hidden, config.coding_size, tied_weights=config.tied_weights, activation=config.activation
     )
     # fused: one kernel per step instead of a Python loop over parameters (~10 % less CPU on small nets).
@@ -219,14 +232,18 @@ def fit_autoencoder(
             inputs = zb
             if config.denoise_sigma > 0:
                 inputs = zb + config.denoise_sigma * torch.randn(zb.shape, generator=gen)
-            loss = ((model(inputs) - zb) ** 2).mean()
+            if isinstance(model, VariationalAutoencoder):
+                kl_weight = kl_weight_at(config.kl_weight, config.kl_warmup_epochs, epoch)
+                loss = model.neg_elbo(inputs, zb, kl_weight, gen).mean()
+            else:
+                loss = ((model(inputs) - zb) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             running += loss.item() * zb.shape[0]
         model.eval()
         train_loss = running / n
-        val_loss = _loss(model, z_val, bs)
+        val_loss = _loss(model, z_val, bs, config.kl_weight)
         result.train_loss.append(train_loss)
         result.validation_loss.append(val_loss)
         if val_loss < best * (1 - defaults.MIN_DELTA) or epoch == 1:
@@ -235,7 +252,8 @@ def fit_autoencoder(
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_loss, result.best_epoch)
-        if epoch - result.best_epoch >= config.patience and epoch >= config.min_epochs:
+        warmed_up = config.architecture != "vae" or epoch >= config.kl_warmup_epochs
+        if epoch - result.best_epoch >= config.patience and epoch >= config.min_epochs and warmed_up:
             result.stopped_early = True
             break
     model.load_state_dict(best_state)

@@ -100,6 +100,11 @@ class Autoencoder(nn.Module):
         assert isinstance(layer, nn.Linear)
         return layer.weight
 
+    def score_penalty(self, z: torch.Tensor) -> torch.Tensor | None:
+        """A per-row term ``[n]`` the scoring graph adds to the score; none for a plain autoencoder
+        (a variational one adds its KL term, :meth:`training.vae.VariationalAutoencoder.score_penalty`)."""
+        return None
+
     def weight_count(self) -> int:
         """Number of weight-matrix entries (biases excluded)."""
         return sum(p.numel() for name, p in self.named_parameters() if name.endswith("weight"))
@@ -127,7 +132,8 @@ class ScoringGraph(nn.Module):
     -----
     With several members, ``feature_errors`` is the members' mean (so the score is the mean of
     their scores, each about 1 on normal rows), ``reconstruction`` the mean of their
-    reconstructions, and ``codes`` the first member's codings.
+    reconstructions, and ``codes`` the first member's codings. Members with a
+    :meth:`~Autoencoder.score_penalty` (variational autoencoders) add its mean to the score.
     """
 
     mean: torch.Tensor
@@ -180,4 +186,12 @@ class ScoringGraph(nn.Module):
         feature_errors = errors[0] if len(errors) == 1 else torch.stack(errors).mean(dim=0)
         rec = recs[0] if len(recs) == 1 else torch.stack(recs).mean(dim=0)
         score = feature_errors.mean(dim=1)
+        penalties = []
+        for member in self.members:
+            assert isinstance(member, Autoencoder)
+            penalty = member.score_penalty(z)
+            if penalty is not None:
+                penalties.append(penalty)
+        if penalties:
+            score = score + (penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean(dim=0))
         return score, feature_errors, codes, rec * self.scale + self.mean

@@ -99,7 +99,19 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             )
         )
     if exp:
-        rows.append(("parity", describe_parity(exp)))
+        generator = exp.get("generator")
+        rows.append(
+            (
+                "parity",
+                describe_parity(exp)
+                + (
+                    f"; generator max |diff| {generator['parity_max_abs_diff']:.2g} on "
+                    f"{generator['parity_rows']} draws"
+                    if generator
+                    else ""
+                ),
+            )
+        )
     if report_index is not None:
         rows.append(("report", str(report_index)))
     width = max(len(k) for k, _ in rows)
