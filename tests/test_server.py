@@ -392,8 +392,12 @@ def test_idle_streams_and_watches_starve_nobody(stub, server, tiny_dataset):
                     health_pb2.HealthCheckRequest(service=""), timeout=60
                 )
             )
-        for _ in range(200):  # until the server has them all open
-            if value(scrape(server.metrics_port), "aeguard_rpc_in_flight", method="ScoreStream") >= 512:
+        for _ in range(600):  # until the server has them all open
+            now = scrape(server.metrics_port)
+            if (
+                value(now, "aeguard_rpc_in_flight", method="ScoreStream") >= 512
+                and value(now, "aeguard_rpc_in_flight", method="Watch") >= 64
+            ):
                 break
             time.sleep(0.05)
         start = time.perf_counter()

@@ -89,9 +89,17 @@ def test_idle_streams_and_watches_from_other_clients_starve_nobody(served, tiny_
                     health_pb2.HealthCheckRequest(service=""), timeout=60
                 )
             )
+
+        def all_open() -> bool:
+            now = served.scrape()
+            return (
+                value(now, "aeguard_rpc_in_flight", method="ScoreStream") >= 512
+                and value(now, "aeguard_rpc_in_flight", method="Watch") >= 64
+            )
+
         wait_until(
-            lambda: value(served.scrape(), "aeguard_rpc_in_flight", method="ScoreStream") >= 512,
-            what="512 open streams",
+            all_open,
+            what="512 open streams and 64 watches",
         )
         latencies = []
         for _ in range(4):  # fresh connections: whichever worker they land on must answer
