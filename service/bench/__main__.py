@@ -80,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--micro-batch",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also measure aeguard with --micro-batch-rows 256 on batch-1 calls (8+ in flight)",
+        help="also measure aeguard with --micro-batch-rows 256 --micro-batch-delay-ms 1 on batch-1 calls "
+        "(8+ in flight)",
+    )
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure aeguard with TLS and a bearer token on batch-1 calls (what security costs)",
     )
     p.add_argument(
         "--mlserver-python",

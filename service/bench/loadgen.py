@@ -46,6 +46,8 @@ class LoadSpec:
     channels: int = DEFAULT_CHANNELS  #: channels (connections) this process spreads its calls over
     keep_latencies: bool = True  #: False for long runs (the soak): counts only
     columnar: bool = False  #: ask for ScoreResponse.columns (packed columns) instead of per-sample results
+    tls_ca: str = ""  #: PEM file: speak TLS, checking the server's certificate against it
+    token: str = ""  #: bearer token sent as ``authorization`` metadata on every call
 
 
 @dataclass
@@ -124,6 +126,7 @@ async def _unary(
     import grpc
 
     path = method_path(spec)
+    metadata = _metadata(spec)
     # Round-robin per call, so every connection carries calls even with few in flight.
     calls = itertools.cycle([ch.unary_unary(path) for ch in channels])
 
@@ -133,7 +136,7 @@ async def _unary(
             if t0 >= window.end:
                 return
             try:
-                await next(calls)(request, timeout=CALL_TIMEOUT_S)
+                await next(calls)(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 result.errors += 1
                 result.first_error = result.first_error or f"{exc.code().name}: {exc.details()}"
@@ -148,7 +151,7 @@ async def _one_stream(
 ) -> None:
     slots = asyncio.Semaphore(in_flight)
     sent: deque[float] = deque()
-    call = channel.stream_stream(method_path(spec))(timeout=None)
+    call = channel.stream_stream(method_path(spec))(timeout=None, metadata=_metadata(spec))
 
     async def writer() -> None:
         while time.perf_counter() < window.end:
@@ -182,16 +185,30 @@ async def _stream(
     )
 
 
+def _channel(spec: LoadSpec, index: int) -> Any:
+    """One channel: plaintext, or TLS checked against ``spec.tls_ca``."""
+    import grpc
+
+    options = _channel_options(spec, index)
+    if spec.tls_ca:
+        with open(spec.tls_ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return grpc.aio.secure_channel(spec.target, creds, options=options)
+    return grpc.aio.insecure_channel(spec.target, options=options)
+
+
+def _metadata(spec: LoadSpec) -> tuple[tuple[str, str], ...] | None:
+    """The bearer token every call carries, if any."""
+    return (("authorization", f"Bearer {spec.token}"),) if spec.token else None
+
+
 async def _drive(spec: LoadSpec, seed: int) -> LoadResult:
     import grpc
 
     result = LoadResult()
     window = _Window(spec)
     request = request_bytes(spec, seed)
-    channels = [
-        grpc.aio.insecure_channel(spec.target, options=_channel_options(spec, i))
-        for i in range(max(1, spec.channels))
-    ]
+    channels = [_channel(spec, i) for i in range(max(1, spec.channels))]
     try:
         await asyncio.wait_for(
             asyncio.gather(*(ch.channel_ready() for ch in channels)), timeout=CALL_TIMEOUT_S

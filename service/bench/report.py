@@ -63,8 +63,11 @@ RATIO_COLUMNS = [
     ("ae_1_vs_noop", "ae1/no-op"),
     ("ae_default_vs_in_process", "aeN/in-proc"),
     ("ae_mb_vs_ae_default", "mb/aeN"),
+    ("ae_tls_vs_ae_default", "TLS/aeN"),
     ("ae_default_vs_mlserver_best", "aeN/MLS-best"),
     ("in_process_cpu_vs_ae_default", "CPU inproc/aeN"),
+    ("ae_mb_cpu_vs_ae_default", "CPU mb/aeN"),
+    ("ae_tls_cpu_vs_ae_default", "CPU TLS/aeN"),
 ]
 
 

@@ -112,7 +112,10 @@ class ServerProcess:
                 f"{self.name} announced no port (exit status {self.proc.returncode}); "
                 f"see {self.log_path}:\n{tail}"
             )
-        with grpc.insecure_channel(self.target) as channel:
+        # A TLS server announces a plaintext health-only port: readiness is asked there.
+        health_port = int(self.announcement.get("health_port", -1)) if self.announcement else -1
+        health_target = f"{HOST}:{health_port}" if health_port > 0 else self.target
+        with grpc.insecure_channel(health_target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -163,6 +166,26 @@ def start_aeguard(
         "--host", HOST, "--port", "0", "--metrics-port", "0", *extra_args, *args,
     ]  # fmt: skip
     return ServerProcess(name, argv, log_dir / f"{name.replace(' ', '-')}.log")
+
+
+def make_tls_material(directory: Path) -> tuple[Path, Path, Path, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl), its key, a tokens file and the token."""
+    import secrets
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, tokens = directory / "server.pem", directory / "server.key", directory / "tokens"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=aeguard-bench",
+            "-addext", f"subjectAltName=IP:{HOST}",
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    token = secrets.token_urlsafe(32)
+    tokens.write_text(f"bench:{token}\n")
+    return cert, key, tokens, token
 
 
 def start_noop(

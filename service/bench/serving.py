@@ -21,7 +21,7 @@ from typing import Any
 
 from service.bench import loadgen, procs, report, targets
 from service.bench.inprocess import measure_in_process
-from service.bench.servers import ServerProcess, start_aeguard, start_noop
+from service.bench.servers import ServerProcess, make_tls_material, start_aeguard, start_noop
 from service.config import ServerConfig
 from service.errors import AeguardError
 from service.scorer import Scorer
@@ -63,6 +63,8 @@ class Side:
     applies: Callable[[Workload], bool] = field(default=lambda w: True)
     probe: Callable[[Any], bool] | None = None  #: readiness call for servers without health
     measure: Callable[[Workload, argparse.Namespace], dict[str, Any]] | None = None  #: instead of a server
+    tls_ca: str = ""  #: the server speaks TLS with a certificate this PEM file checks
+    token: str = ""  #: and wants this bearer token
 
 
 def workloads(args: argparse.Namespace) -> list[Workload]:
@@ -97,6 +99,8 @@ def _specs(
             model=side.model,
             channels=args.channels,
             columnar=w.columnar,
+            tls_ca=side.tls_ca,
+            token=side.token,
         )
         for share in loadgen.split(w.in_flight, pool.size)
     ]
@@ -232,9 +236,28 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
         if args.micro_batch:
             mb = start_aeguard(
                 model, log_dir, args.server_arg, name="aeguard N micro-batch",
-                args=("--micro-batch-rows", str(MICRO_BATCH_ROWS)),
+                args=("--micro-batch-rows", str(MICRO_BATCH_ROWS), "--micro-batch-delay-ms", "1"),
             )  # fmt: skip
-            sides.append(Side("ae_mb", f"ae N mb{MICRO_BATCH_ROWS}", mb, applies=targets.is_micro_batch_cell))
+            sides.append(
+                Side("ae_mb", f"ae N mb{MICRO_BATCH_ROWS} 1ms", mb, applies=targets.is_micro_batch_cell)
+            )
+        if args.tls:
+            cert, key, tokens, token = make_tls_material(log_dir / "tls")
+            secured = start_aeguard(
+                model, log_dir, args.server_arg, name="aeguard N TLS and token",
+                args=("--tls-cert", str(cert), "--tls-key", str(key), "--auth-tokens-file", str(tokens),
+                      "--health-port", "0"),
+            )  # fmt: skip
+            sides.append(
+                Side(
+                    "ae_tls",
+                    "ae N TLS+token",
+                    secured,
+                    applies=targets.is_batch_one_cell,
+                    tls_ca=str(cert),
+                    token=token,
+                )
+            )
         start_sides(sides)
         processes = aeguard_processes(sides)
         print(

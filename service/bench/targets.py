@@ -24,6 +24,11 @@ def is_micro_batch_cell(w: Any) -> bool:
     return bool(w.method == "Score" and w.rows == 1 and w.in_flight >= 8)
 
 
+def is_batch_one_cell(w: Any) -> bool:
+    """Unary batch-1 workloads (the TLS + token comparison)."""
+    return bool(w.method == "Score" and w.rows == 1 and not getattr(w, "columnar", False))
+
+
 def _rounds(row: dict[str, Any], side: str, key: str) -> list[float] | None:
     cell = row.get(side)
     return None if cell is None else list(cell[key])
@@ -53,6 +58,9 @@ def add_ratios(row: dict[str, Any]) -> None:
     for side in ("ae_default", "ae_1"):
         row[f"{side}_vs_noop"] = paired(_rounds(row, side, "rounds"), fastest_noop)
     row["ae_mb_vs_ae_default"] = paired(_rounds(row, "ae_mb", "rounds"), _rounds(row, "ae_default", "rounds"))
+    row["ae_tls_vs_ae_default"] = paired(
+        _rounds(row, "ae_tls", "rounds"), _rounds(row, "ae_default", "rounds")
+    )
     row["ae_default_vs_mlserver_best"] = paired(
         _rounds(row, "ae_default", "rounds"), _floor(row, MLSERVERS, "rounds", max)
     )
@@ -62,6 +70,7 @@ def add_ratios(row: dict[str, Any]) -> None:
     cpu = "cpu_us_per_request_rounds"
     row["ae_default_cpu_vs_noop"] = paired(_rounds(row, "ae_default", cpu), _floor(row, NOOPS, cpu, min))
     row["ae_mb_cpu_vs_ae_default"] = paired(_rounds(row, "ae_mb", cpu), _rounds(row, "ae_default", cpu))
+    row["ae_tls_cpu_vs_ae_default"] = paired(_rounds(row, "ae_tls", cpu), _rounds(row, "ae_default", cpu))
     # Bulk: CPU per sample of in-process scoring over aeguard's (the rate ratio's steadier twin).
     row["in_process_cpu_vs_ae_default"] = paired(
         _rounds(row, "in_process", cpu), _rounds(row, "ae_default", cpu)
