@@ -114,23 +114,3 @@ def test_a_delay_gathers_calls_that_arrive_within_it(plain, tiny_dataset):
     assert seen == [5]
     for i, got in enumerate(results):
         np.testing.assert_array_equal(got.score, plain.scorer.score(tiny_dataset.X[i : i + 1]).score)
-
-
-def test_a_group_as_large_as_the_previous_one_is_scored_without_waiting_out_the_window(plain, tiny_dataset):
-    seen: list[int] = []
-    batcher = MicroBatcher(on_batch=lambda m, b: seen.append(len(b.score)), delay_s=0.2)
-
-    async def burst(first: int, n: int):
-        return await asyncio.gather(
-            *(batcher.score(plain, tiny_dataset.X[i : i + 1]) for i in range(first, first + n))
-        )
-
-    async def main():
-        await burst(0, 3)  # the first group waits out its window
-        batcher.delay_s = 600.0  # a window no test could wait out: the next group must not need it
-        return await asyncio.wait_for(burst(3, 3), timeout=30)
-
-    again = asyncio.run(main())
-    assert seen == [3, 3]
-    for i, got in enumerate(again, start=3):
-        np.testing.assert_array_equal(got.score, plain.scorer.score(tiny_dataset.X[i : i + 1]).score)
