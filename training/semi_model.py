@@ -44,8 +44,8 @@ def lower_layers(autoencoder: Autoencoder, z: torch.Tensor) -> torch.Tensor:
     """The encoder's last hidden layer for scaled rows (its codes when it has no hidden layer).
 
     Wider than the codes, so a few labels can pick out a direction the reconstruction did not
-    need (on optdigits, a head on the 8 codes stayed at ROC-AUC 0.5 where one on the 128 hidden
-    units learnt the labelled digit).
+    need: on optdigits with one labelled anomaly (seed 0), the head's MLP alone ranked the test
+    rows at ROC-AUC 0.54 when it read the 8 codes and 0.74 when it read the 128 hidden units.
     """
     layers = list(autoencoder.encoder)
     if len(layers) == 1:
