@@ -43,11 +43,11 @@ def test_split_is_seeded_and_the_test_rows_do_not_depend_on_the_fraction():
     assert len(semi_supervised_split(y, 0, 0.01).labelled) == 1
 
 
-def test_bad_fractions_are_refused(capsys):
+def test_bad_fractions_are_refused(capsys, tmp_path):
     assert parse_fractions("0.1, 0.01,0.05") == [0.01, 0.05, 0.1]
     for bad in ("0", "1.5", "a", ""):
         with pytest.raises(InvalidInputError, match="--labelled-fraction"):
             parse_fractions(bad)
-    assert main(["benchmark", "--labelled-fraction", "0.2,2"]) == 2
+    assert main(["benchmark", str(tmp_path), "--labelled-fraction", "0.2,2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "aeguard: error: --labelled-fraction values must be in (0, 1], got '0.2,2'"

@@ -401,6 +401,16 @@ def train_semi_supervised(
             },
             "epochs_run": len(fitted.train_loss),
             "member_epochs_run": [len(f.train_loss) for f in member_fits],
+            "members": [
+                {
+                    "epochs_run": len(f.train_loss),
+                    "best_epoch": f.best_epoch,
+                    "stopped_early": f.stopped_early,
+                    "train_loss": f.train_loss[f.best_epoch - 1],
+                    "validation_loss": f.validation_loss[f.best_epoch - 1],
+                }
+                for f in member_fits
+            ],
             "best_epoch": fitted.best_epoch,
             "stopped_early": fitted.stopped_early,
             "train_loss": fitted.train_loss[fitted.best_epoch - 1],
@@ -424,6 +434,7 @@ def train_semi_supervised(
         feature_names=list(feature_names),
         duration_s=time.perf_counter() - started,
         fit_seed=config.seed,
+        member_fits=list(member_fits),
     )
     if out_path is not None:
         export_model(result, out_path)
