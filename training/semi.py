@@ -3,9 +3,10 @@
 Labels are 1 (anomaly), 0 (normal) or unknown (:data:`training.data.UNLABELLED`). The autoencoder
 (ensemble) pretrains on the training rows not labelled anomalous: unlabelled rows are mostly
 normal, and a reconstruction that learnt the known anomalies would hide them. A small head on
-the first network's codes and the reconstruction score then learns labelled anomalies against
-the other rows (presumed normal, as in ADBench's semi-supervised protocol), while that network's
-encoder and decoder are fine-tuned with it. The model file keeps its contract (see
+the first network's lower encoder layers and the reconstruction score then learns labelled
+anomalies against labelled normal rows and the unlabelled rows that reconstruct well (presumed
+normal; :func:`reliable_negatives`), while that network's encoder and decoder are fine-tuned with
+it. docs/semi-supervised.md has the design, the refusals and the benchmark. The model file keeps its contract (see
 :mod:`training.semi_model`); thresholds are calibrated on held-out labelled normal rows, or on
 held-out unlabelled rows when too few are labelled.
 """
