@@ -6,9 +6,9 @@ normal, and a reconstruction that learnt the known anomalies would hide them. A 
 the first network's lower encoder layers and the reconstruction score then learns labelled
 anomalies against labelled normal rows and the unlabelled rows that reconstruct well (presumed
 normal; :func:`reliable_negatives`), while that network's encoder and decoder are fine-tuned with
-it. docs/semi-supervised.md has the design, the refusals and the benchmark. The model file keeps its contract (see
-:mod:`training.semi_model`); thresholds are calibrated on held-out labelled normal rows, or on
-held-out unlabelled rows when too few are labelled.
+it. The model file keeps its contract (see :mod:`training.semi_model`); thresholds are calibrated
+on held-out labelled normal rows, or on held-out unlabelled rows when too few are labelled.
+docs/semi-supervised.md has the design, the refusals and the benchmark.
 """
 
 from __future__ import annotations
