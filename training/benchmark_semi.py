@@ -113,7 +113,7 @@ class _Method:
             from sklearn.ensemble import HistGradientBoostingClassifier
 
             # No early stopping: its stratified validation split needs 2 labelled anomalies, and 1 % of
-            # a small set's anomalies is 1 (http and smtp failed that way at commit c99231c).
+            # a small set's anomalies is 1 (http and smtp failed that way, docs/semi-supervised.md).
             self.model = HistGradientBoostingClassifier(
                 class_weight="balanced", early_stopping=False, random_state=self.seed
             )
