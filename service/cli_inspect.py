@@ -80,6 +80,14 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
             f"               {describe_training(tr)}, seed {tr.get('seed')}, "
             f"{tr.get('duration_s')} s, fingerprint {str(tr.get('fingerprint_sha256', ''))[:16]}"
         )
+    semi = tr.get("semi_supervised") if tr else None
+    if semi:
+        lines.append(
+            f"few labels     {semi.get('labelled_anomalies')} labelled anomalies, "
+            f"{semi.get('labelled_normal')} labelled normal, {semi.get('unlabelled')} unlabelled rows; "
+            "thresholds calibrated on "
+            f"{semi.get('calibrated_on')}"
+        )
     if split:
         # The tuning split exists only for F1 thresholds; otherwise it is the calibration split again.
         tuning = ("tuning",) if uses_tuning_split(meta.thresholds) else ()

@@ -55,6 +55,9 @@ class TrainOptions:
         Accept a coding size >= the number of features (with a warning).
     source : str
         Where the data came from (file name), for provenance.
+    semi_supervised : bool
+        Labels may be unknown; pretrain on every row, then fine-tune under an anomaly head on the
+        labelled ones (:mod:`training.semi`).
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -64,6 +67,7 @@ class TrainOptions:
     contaminated: bool = False
     allow_overcomplete: bool = False
     source: str = ""
+    semi_supervised: bool = False
 
 
 @dataclass
@@ -250,6 +254,20 @@ def train_model(
     """
     started = time.perf_counter()
     options = options or TrainOptions()
+    if options.semi_supervised:
+        from training.semi import train_semi_supervised
+
+        if labels is None:
+            raise InvalidInputError("semi-supervised training needs labels (1, 0 or empty per row)")
+        return train_semi_supervised(
+            x,
+            feature_names,
+            out_path,
+            labels=labels,
+            options=options,
+            on_epoch=on_epoch,
+            on_fit_end=on_fit_end,
+        )
     x, labels = check_matrix(x, feature_names, labels)
     specs = calibrate.parse_threshold_specs(options.thresholds)
     d = x.shape[1]

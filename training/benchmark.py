@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: up to 2)"
     )
+    parser.add_argument(
+        "--labelled-fraction",
+        metavar="F[,F...]",
+        help="few labels instead of novelty: ADBench's semi-supervised protocol with this fraction of the "
+        "training anomalies labelled (e.g. 0.01,0.05,0.1); compares --semi-supervised, the same network "
+        "from scratch, unsupervised aeguard and a gradient-boosted classifier (--detectors is ignored)",
+    )
 
 
 def _csv(text: str | None) -> list[str]:
@@ -138,6 +145,18 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--seeds needs at least one seed")
     if args.jobs < 1 or args.max_rows < 10:
         raise InvalidInputError("--jobs must be >= 1 and --max-rows >= 10")
+    if args.labelled_fraction is not None:
+        from training import benchmark_semi
+
+        benchmark_semi.parse_fractions(args.labelled_fraction)  # refuse before loading any data
+        datasets = [
+            load_dataset(p, args.max_rows)
+            for p in list_npz(Path(args.directory), _csv(args.datasets) or None)
+        ]
+        command = _command(args, ["-"], seeds).replace(" --detectors -", "")
+        command += f" --labelled-fraction {args.labelled_fraction}"
+        info = {"command": command, "commit": _git_commit(), "versions": _versions()}
+        return benchmark_semi.run(args, datasets, seeds, info)
 
     datasets = [
         load_dataset(p, args.max_rows) for p in list_npz(Path(args.directory), _csv(args.datasets) or None)

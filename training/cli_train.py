@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train on all rows, anomalies included (default with labels: normal rows only)",
     )
+    g.add_argument(
+        "--semi-supervised",
+        action="store_true",
+        help="few labels: the label column may be empty (unknown) where 1 = anomaly, 0 = normal; the "
+        "autoencoder pretrains on every row not labelled anomalous, then an anomaly head on its "
+        "fine-tuned encoder learns from the labels (score = -log(1 - p))",
+    )
     g = parser.add_argument_group("network")
     g.add_argument(
         "--architecture",
@@ -113,6 +120,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InvalidInputError("give a DATA file to train on, or --default for the built-in telemetry data")
     if args.save_data and not args.default:
         raise InvalidInputError("--save-data only applies with --default")
+    if args.semi_supervised:
+        if args.default:
+            raise InvalidInputError("--semi-supervised needs a DATA file with labels, not --default")
+        if args.contaminated:
+            raise InvalidInputError(
+                "--contaminated does not apply with --semi-supervised (which pretrains on unlabelled rows)"
+            )
+        if not args.label_column and not str(args.data).lower().endswith(".npz"):
+            raise InvalidInputError(
+                "--semi-supervised needs --label-column NAME (1 = anomaly, 0 = normal, empty = unknown)"
+            )
     for flag, value, low in (
         ("--max-epochs", args.max_epochs, 1),
         ("--patience", args.patience, 1),
@@ -166,7 +184,12 @@ def run(args: argparse.Namespace) -> int:
             label_column=args.label_column,
             feature_columns=args.feature_columns,
             exclude_columns=args.exclude_columns,
+            allow_unlabelled=args.semi_supervised,
         )
+        if args.semi_supervised and data.labels is None:
+            raise InvalidInputError(
+                f"{data.source}: --semi-supervised needs labels; this NPZ has no array 'y'"
+            )
         name = args.name or Path(args.data).stem
     # torch loads only now, so bad input is refused in a fraction of a second.
     from training.api import TrainOptions, train_model
@@ -196,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         contaminated=args.contaminated,
         allow_overcomplete=args.allow_overcomplete,
         source=data.source,
+        semi_supervised=args.semi_supervised,
     )
     members = len(member_configs(options.fit))
     with EpochProgress(args.max_epochs * members, enabled=not args.no_progress) as progress:

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 NPZ_SUFFIXES = (".npz",)
+#: Label of a row whose class is unknown (an empty label cell; only with ``allow_unlabelled``).
+UNLABELLED = -1
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Dataset:
     feature_names : list of str
         Column names in order.
     labels : numpy.ndarray or None
-        int8 ``[n]``: 0 = normal, 1 = anomaly.
+        int8 ``[n]``: 0 = normal, 1 = anomaly (and :data:`UNLABELLED` for an empty label, when
+        loaded with ``allow_unlabelled``).
     source : str
         The file it came from.
     """
@@ -54,26 +57,46 @@ def _names(cols: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(cols) - limit} more" if len(cols) > limit else "")
 
 
-def check_labels(labels: np.ndarray, n_rows: int, what: str = "labels") -> np.ndarray:
-    """Return labels as int8 0/1, or raise naming the bad values and how many rows carry them."""
+def check_labels(
+    labels: np.ndarray, n_rows: int, what: str = "labels", *, allow_unlabelled: bool = False
+) -> np.ndarray:
+    """Return labels as int8 0/1, or raise naming the bad values and how many rows carry them.
+
+    With ``allow_unlabelled``, NaN (an empty cell) and :data:`UNLABELLED` mean "unknown" and come
+    back as :data:`UNLABELLED`; without it, they are refused with a hint at ``--semi-supervised``.
+    """
     y = np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != n_rows:
         raise DataError(f"{what} have shape {y.shape}, expected one label per row ({n_rows} rows)")
     if y.dtype.kind not in "biuf":
-        raise DataError(f"{what} must be numbers 0 (normal) / 1 (anomaly), got dtype {y.dtype}")
+        expected = "0 (normal) / 1 (anomaly)" + (" / empty (unknown)" if allow_unlabelled else "")
+        raise DataError(f"{what} must be numbers {expected}, got dtype {y.dtype}")
     yf = y.astype(np.float64)
-    bad = ~np.isin(yf, (0.0, 1.0))
-    if bad.any():
-        examples = sorted({str(v) for v in y[bad][:20]})[:5]
+    unknown = np.isnan(yf) | (yf == UNLABELLED) if allow_unlabelled else np.isnan(yf)
+    if unknown.any() and not allow_unlabelled:
         raise DataError(
-            f"{what} must be 0 (normal) or 1 (anomaly): {int(bad.sum())} of {n_rows} row(s) hold "
+            f"{what} is empty in {int(unknown.sum())} of {n_rows} row(s); give --semi-supervised to "
+            "train with partial labels (1 = anomaly, 0 = normal, empty = unknown)"
+        )
+    bad = ~np.isin(yf, (0.0, 1.0)) & ~unknown
+    if bad.any():
+        examples = sorted({f"{v:g}" for v in yf[bad][:20]})[:5]
+        allowed = (
+            "0 (normal), 1 (anomaly) or empty (unknown)" if allow_unlabelled else "0 (normal) or 1 (anomaly)"
+        )
+        raise DataError(
+            f"{what} must be {allowed}: {int(bad.sum())} of {n_rows} row(s) hold "
             f"other values (e.g. {', '.join(examples)})"
         )
-    return yf.astype(np.int8)
+    return np.where(unknown, UNLABELLED, yf).astype(np.int8)
 
 
 def check_matrix(
-    x: np.ndarray, feature_names: Sequence[str], labels: np.ndarray | None = None
+    x: np.ndarray,
+    feature_names: Sequence[str],
+    labels: np.ndarray | None = None,
+    *,
+    allow_unlabelled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Check a feature matrix; return it as C-contiguous float32 (and labels as int8).
 
@@ -84,7 +107,9 @@ def check_matrix(
     feature_names : sequence of str
         ``d`` unique, non-empty names.
     labels : numpy.ndarray, optional
-        ``[n]`` of 0 / 1.
+        ``[n]`` of 0 / 1 (and NaN / :data:`UNLABELLED` for unknown, with ``allow_unlabelled``).
+    allow_unlabelled : bool
+        Accept unknown labels (see :func:`check_labels`).
 
     Raises
     ------
@@ -130,7 +155,7 @@ def check_matrix(
             "affected. Clean or drop those rows (`aeguard train` can also leave a column out with "
             "--exclude-columns)"
         )
-    y = check_labels(labels, n) if labels is not None else None
+    y = check_labels(labels, n, allow_unlabelled=allow_unlabelled) if labels is not None else None
     return x32, y
 
 
@@ -189,6 +214,7 @@ def _load_table(
     label_column: str | None,
     feature_columns: list[str] | None,
     exclude_columns: list[str] | None,
+    allow_unlabelled: bool = False,
 ) -> Dataset:
     import pyarrow as pa
 
@@ -219,27 +245,42 @@ def _load_table(
     labels = None
     if label_column:
         col = table.column(label_column)
-        if col.null_count:
+        if col.null_count and not allow_unlabelled:
             raise DataError(
                 f"{source}: label column '{label_column}' is empty in {col.null_count} "
-                f"of {table.num_rows} row(s)"
+                f"of {table.num_rows} row(s); give --semi-supervised to train with partial labels "
+                "(1 = anomaly, 0 = normal, empty = unknown)"
             )
         t = col.type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise DataError(
-                f"{source}: label column '{label_column}' must hold 0 (normal) / 1 (anomaly), got type {t}"
-            )
+        # An all-empty column reads as type null: every label unknown, refused later for lack of anomalies.
+        if not (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_boolean(t)
+            or (allow_unlabelled and pa.types.is_null(t))
+        ):
+            expected = "0 (normal), 1 (anomaly)" + (" or empty (unknown)" if allow_unlabelled else "")
+            raise DataError(f"{source}: label column '{label_column}' must hold {expected}, got type {t}")
+        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
         labels = check_labels(
-            col.to_numpy(zero_copy_only=False), table.num_rows, f"{source}: label column '{label_column}'"
+            values,
+            table.num_rows,
+            f"{source}: label column '{label_column}'",
+            allow_unlabelled=allow_unlabelled,
         )
     try:
-        xx, yy = check_matrix(x, chosen, labels)
+        xx, yy = check_matrix(x, chosen, labels, allow_unlabelled=allow_unlabelled)
     except DataError as exc:
         raise DataError(f"{source}: {exc.message}") from exc
     return Dataset(xx, chosen, yy, source)
 
 
-def _load_npz(path: Path, feature_columns: list[str] | None, exclude_columns: list[str] | None) -> Dataset:
+def _load_npz(
+    path: Path,
+    feature_columns: list[str] | None,
+    exclude_columns: list[str] | None,
+    allow_unlabelled: bool = False,
+) -> Dataset:
     source = str(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -265,7 +306,7 @@ def _load_npz(path: Path, feature_columns: list[str] | None, exclude_columns: li
     if labels is not None:
         labels = labels.reshape(-1) if labels.ndim > 1 else labels
     try:
-        xx, yy = check_matrix(x, chosen, labels)
+        xx, yy = check_matrix(x, chosen, labels, allow_unlabelled=allow_unlabelled)
     except DataError as exc:
         raise DataError(f"{source}: {exc.message}") from exc
     return Dataset(xx, chosen, yy, source)
@@ -277,6 +318,7 @@ def load_dataset(
     label_column: str | None = None,
     feature_columns: str | Sequence[str] | None = None,
     exclude_columns: str | Sequence[str] | None = None,
+    allow_unlabelled: bool = False,
 ) -> Dataset:
     """Load a CSV (header row), Parquet or NPZ file.
 
@@ -291,6 +333,9 @@ def load_dataset(
         Columns to use (comma-separated text or a list); default: all but label and excluded.
     exclude_columns : str or sequence of str, optional
         Columns to leave out.
+    allow_unlabelled : bool
+        Accept empty labels (NaN in an NPZ's ``y``) as :data:`UNLABELLED`, for
+        ``--semi-supervised``; otherwise they are refused.
 
     Returns
     -------
@@ -309,11 +354,11 @@ def load_dataset(
     if suffix in NPZ_SUFFIXES:
         if label_column:
             log.info("%s: NPZ labels come from its 'y' array; --label-column is ignored", p)
-        return _load_npz(p, feats, excl)
+        return _load_npz(p, feats, excl, allow_unlabelled)
     if suffix in CSV_SUFFIXES or suffix in PARQUET_SUFFIXES:
         if p.stat().st_size == 0:
             raise DataError(f"{p}: the file is empty (0 rows, no header)")
-        return _load_table(p, label_column, feats, excl)
+        return _load_table(p, label_column, feats, excl, allow_unlabelled)
     raise DataError(
         f"{p}: unknown file type '{suffix}'; use .csv, .tsv, .parquet or .npz "
         "(NPZ with arrays X and optional y)"

@@ -88,6 +88,28 @@ PARITY_RTOL = 1e-4
 #: Identity check: warn when garbage reconstructs within this factor of real rows' error.
 IDENTITY_RATIO_WARN = 2.0
 
+#: Few labels (`--semi-supervised`, training/semi.py): optimiser steps, Adam learning rate, labelled
+#: anomalies per step (drawn with replacement), weight of the reconstruction loss and the head's L2
+#: penalty while the encoder is fine-tuned under the anomaly head (docs/semi-supervised.md).
+SEMI_FINE_TUNE_STEPS = 300
+SEMI_FINE_TUNE_LR = 1e-3
+SEMI_POSITIVES_PER_STEP = 32
+SEMI_RECONSTRUCTION_WEIGHT = 1.0
+SEMI_HEAD_WEIGHT_DECAY = 1e-3
+#: The head learns labelled anomalies against labelled normal rows and the unlabelled rows whose
+#: reconstruction score is below this quantile (the rest may be hidden anomalies; 1 = keep all).
+SEMI_RELIABLE_NEGATIVE_QUANTILE = 0.8
+#: Share of presumed-normal rows that the labelled anomalies outscore on reconstruction, from
+#: "no evidence" to "full evidence" that the reconstruction score detects them: it sets the weight
+#: of that score in the head (0 to 1) and how many unlabelled rows it may exclude as hidden anomalies.
+SEMI_EVIDENCE_RANGE = (0.5, 0.9)
+#: Fewest held-out rows that thresholds may be calibrated on: labelled normal rows when the
+#: calibration split holds this many, else unlabelled rows (presumed normal), else a refusal.
+SEMI_MIN_CALIBRATION_ROWS = 20
+#: With at least this many labelled anomalies, a quarter of them is held out for the evaluation
+#: (and another quarter for an f1 threshold); with fewer, every one trains the head.
+SEMI_MIN_HELD_OUT_ANOMALIES = 8
+
 
 def default_coding_size(n_features: int) -> int:
     """Coding size derived from the number of features: ``round(sqrt(d))``, kept below ``d``.

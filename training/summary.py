@@ -29,6 +29,19 @@ def _losses(train: dict[str, Any]) -> str:
     return f"train {_fmt(train['train_loss'])} / validation {_fmt(train['validation_loss'])} (best epoch)"
 
 
+def semi_supervised_rows(semi: dict | None) -> list[tuple[str, str]]:
+    """The summary line of a `--semi-supervised` model: label counts and what calibrated it."""
+    if not semi:
+        return []
+    return [
+        (
+            "few labels",
+            f"{semi['labelled_anomalies']} labelled anomalies, {semi['labelled_normal']} labelled normal, "
+            f"{semi['unlabelled']} unlabelled rows; thresholds calibrated on {semi['calibrated_on']}",
+        )
+    ]
+
+
 def format_summary(result: TrainResult, report_index: Path | None = None) -> str:
     """A few aligned lines: model, data, splits, network, training, thresholds, quality, checks.
 
@@ -53,6 +66,7 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             f"{train['rows']} rows x {meta.n_features} features"
             + (f", {train['anomalies_in_data']} labelled anomalies" if train["labelled"] else ", no labels"),
         ),
+        *semi_supervised_rows(train.get("semi_supervised")),
         (
             "split",
             f"train {split['train']} | validation {split['validation']} | calibration {split['calibration']}"
