@@ -181,5 +181,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=_field_type(f),
             default=None,
             metavar="PATH" if f.name == "model" else f.name.split("_")[-1].upper(),
-            help=f"{docs.get(f.name, '')} [env {env}; default {f.default!r}]",
+            # argparse treats help as a %-format string: a literal % in a docstring must be doubled.
+            help=f"{docs.get(f.name, '').replace('%', '%%')} [env {env}; default {f.default!r}]",
         )
