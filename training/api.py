@@ -81,6 +81,8 @@ class TrainResult:
     fit: FitResult
     graph: ScoringGraph
     splits: Splits
+    #: The scores calibration and evaluation used, one per row of ``x``: out-of-fold when
+    #: cross-fitted (not the exported graph's scores then; ``graph_scores(graph, x)`` gives those).
     scores: np.ndarray
     x: np.ndarray
     labels: np.ndarray | None
