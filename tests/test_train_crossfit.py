@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.cli import main
 from service.errors import DataError
 from service.scorer import Scorer
 from training.api import TrainOptions, build_graph, graph_scores, set_threads, train_model
@@ -95,3 +96,33 @@ def test_zero_folds_keeps_the_plain_split(tiny_dataset) -> None:
     result = train_model(x, tiny_dataset.feature_names, None, labels=y, options=options)
     assert result.metadata.training["crossfit"] is None
     assert result.metadata.training["split_rows"]["train"] == round(0.6 * int((y == 0).sum()))
+
+
+def test_train_summary_and_inspect_say_the_model_was_cross_fitted(tiny_dataset, tmp_path, capsys) -> None:
+    model = tmp_path / "m.onnx"
+    argv = ["train", str(tiny_dataset.csv_path), "--out", str(model), "--label-column", "label"]
+    argv += [
+        "--hidden",
+        "16",
+        "--coding-size",
+        "2",
+        "--max-epochs",
+        "8",
+        "--no-progress",
+        "--crossfit-folds",
+        "3",
+    ]
+    assert main(argv) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("cross-fit ")]
+    assert "3 folds: thresholds and evaluation from out-of-fold scores" in line
+    assert main(["inspect", str(model)]) == 0
+    shown = capsys.readouterr().out
+    assert "cross-fit      3 folds" in shown and "served networks trained on 540 rows" in shown
+
+
+def test_one_fold_is_refused_in_one_line(tiny_dataset, tmp_path, capsys) -> None:
+    argv = ["train", str(tiny_dataset.csv_path), "--out", str(tmp_path / "m.onnx"), "--crossfit-folds", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aeguard: error:") and "--crossfit-folds must be 0 (off) or >= 2" in err
+    assert len(err.strip().splitlines()) == 1
