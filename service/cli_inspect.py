@@ -93,6 +93,15 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
         tuning = ("tuning",) if uses_tuning_split(meta.thresholds) else ()
         order = ("train", "validation", "calibration", *tuning, "evaluation")
         lines.append("split          " + ", ".join(f"{k} {split[k]}" for k in order if k in split))
+    crossfit = tr.get("crossfit") if tr else None
+    if crossfit:
+        lines.append(
+            f"cross-fit      {crossfit.get('folds')} folds: thresholds and evaluation from out-of-fold scores"
+        )
+        lines.append(
+            f"               served networks trained on {crossfit.get('final_train_rows')} rows, "
+            f"each fold's on {crossfit.get('fold_train_rows')}"
+        )
     ev = meta.evaluation
     if ev:
         if "roc_auc" in ev:

@@ -25,6 +25,7 @@ import torch
 from service.artifact import ModelMetadata, Threshold
 from service.errors import InvalidInputError
 from training import calibrate, defaults, vae
+from training.crossfit import CrossFitResult, crossfit, plan_crossfit
 from training.data import check_matrix
 from training.evaluate import detection_metrics, identity_check
 from training.export import EXPORTER, check_parity, to_onnx, write_model
@@ -53,6 +54,10 @@ class TrainOptions:
         Train on all rows, anomalies included.
     allow_overcomplete : bool
         Accept a coding size >= the number of features (with a warning).
+    crossfit_folds : int
+        ``k >= 2``: cross-fit (see :mod:`training.crossfit`): thresholds and evaluation from
+        out-of-fold scores, the served networks trained on all normal rows but a validation
+        slice. ``0`` or ``1``: the plain train / validation / calibration / evaluation split.
     source : str
         Where the data came from (file name), for provenance.
     semi_supervised : bool
@@ -66,6 +71,7 @@ class TrainOptions:
     version: str | None = None
     contaminated: bool = False
     allow_overcomplete: bool = False
+    crossfit_folds: int = defaults.CROSSFIT_FOLDS
     source: str = ""
     semi_supervised: bool = False
 
@@ -79,6 +85,8 @@ class TrainResult:
     fit: FitResult
     graph: ScoringGraph
     splits: Splits
+    #: The scores calibration and evaluation used, one per row of ``x``: out-of-fold when
+    #: cross-fitted (not the exported graph's scores then; ``graph_scores(graph, x)`` gives those).
     scores: np.ndarray
     x: np.ndarray
     labels: np.ndarray | None
@@ -202,6 +210,22 @@ def graph_scores(graph: ScoringGraph, x: np.ndarray, batch_rows: int = 8192) -> 
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+def build_graph(member_fits: list[FitResult]) -> ScoringGraph:
+    """The scoring graph (eval mode) of an ensemble's fits: the first member's scaler, every whitening."""
+    fitted = member_fits[0]
+    whitening = None
+    if fitted.error_whitening is not None:
+        whitening = [
+            torch.from_numpy(f.error_whitening) for f in member_fits if f.error_whitening is not None
+        ]
+    return ScoringGraph(
+        [f.model for f in member_fits],
+        torch.from_numpy(fitted.mean),
+        torch.from_numpy(fitted.scale),
+        whitening,
+    ).eval()
+
+
 def _parity_batch(x: np.ndarray, splits: Splits, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
     rows = np.concatenate([splits.calibration[:200], splits.evaluation[-56:]])
@@ -273,31 +297,38 @@ def train_model(
     d = x.shape[1]
     config = resolve_fit_config(d, options.fit, options.allow_overcomplete)
     needs_tuning = any(s.method == "f1" for s in specs)
-    splits = make_splits(
-        x.shape[0], labels, seed=config.seed, contaminated=options.contaminated, tune_anomalies=needs_tuning
-    )
+    plan = None
+    if options.crossfit_folds >= 2:
+        plan = plan_crossfit(
+            x.shape[0], labels, seed=config.seed, folds=options.crossfit_folds,
+            contaminated=options.contaminated, tune_anomalies=needs_tuning,
+        )  # fmt: skip
+        splits = plan.splits
+    else:
+        splits = make_splits(
+            x.shape[0], labels, seed=config.seed,
+            contaminated=options.contaminated, tune_anomalies=needs_tuning,
+        )  # fmt: skip
     set_threads()
     train_rows = splits.train
     if len(train_rows) > defaults.MAX_TRAIN_ROWS:
         rng = np.random.default_rng(config.seed)
         train_rows = np.sort(rng.choice(train_rows, defaults.MAX_TRAIN_ROWS, replace=False))
         log.info("training on a seeded subsample of %d of %d rows", len(train_rows), len(splits.train))
-    member_fits = fit_ensemble(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
+    cross: CrossFitResult | None = None
+    if plan is not None:
+        cross = crossfit(
+            x, plan, config, lambda fits, rows: graph_scores(build_graph(fits), rows), on_epoch=on_epoch
+        )
+        member_fits = cross.final
+    else:
+        member_fits = fit_ensemble(x[train_rows], x[splits.validation], config, on_epoch=on_epoch)
     fitted = member_fits[0]
     if on_fit_end is not None:
         on_fit_end(fitted)
-    whitening = None
-    if fitted.error_whitening is not None:
-        whitening = [
-            torch.from_numpy(f.error_whitening) for f in member_fits if f.error_whitening is not None
-        ]
-    graph = ScoringGraph(
-        [f.model for f in member_fits],
-        torch.from_numpy(fitted.mean),
-        torch.from_numpy(fitted.scale),
-        whitening,
-    ).eval()
-    scores = graph_scores(graph, x)
+    graph = build_graph(member_fits)
+    # Cross-fitted: every row's score comes from networks that never trained on it.
+    scores = cross.scores if cross is not None else graph_scores(graph, x)
 
     cal_scores = scores[splits.calibration]
     tune_labels = labels[splits.tuning] if labels is not None else None
@@ -370,6 +401,7 @@ def train_model(
             "anomalies_in_data": int(labels.sum()) if labels is not None else None,
             "contaminated": options.contaminated,
             "split_rows": {**splits.counts(), "train_used": len(train_rows)},
+            "crossfit": cross.describe() if cross is not None else None,
             "seed": config.seed,
             "hyperparameters": {
                 "max_epochs": config.max_epochs,

@@ -18,8 +18,12 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from training.benchmark_run import Result, Task
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     parser.add_argument("--raw", type=Path, help="write every fit's figures to this CSV file")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        metavar="RAW.csv",
+        help="repeatable: take the fits this CSV (from --raw) holds instead of running them again; the "
+        "report says how many were reused",
+    )
     parser.add_argument(
         "--datasets", help="comma-separated dataset names to run (file stem or name without number prefix)"
     )
@@ -126,11 +138,31 @@ def _git_commit() -> str:
     )
 
 
+def _reused(paths: list[Path], tasks: list[Task]) -> dict[tuple[str, int, str], Result]:
+    """The successful fits of ``tasks`` found in the raw CSVs ``paths`` (a later file wins)."""
+    from training.benchmark_report import read_csv
+
+    wanted = {(t.dataset.name, t.seed, t.detector) for t in tasks}
+    found: dict[tuple[str, int, str], Result] = {}
+    for path in paths:
+        if not path.is_file():
+            raise InvalidInputError(f"--reuse {path}: no such file")
+        try:
+            results = read_csv(path)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidInputError(f"--reuse {path}: not a raw CSV from --raw ({exc})") from None
+        for r in results:
+            key = (r.dataset, r.seed, r.detector)
+            if key in wanted and r.error is None:
+                found[key] = r
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     from training import benchmark_report as report
     from training.benchmark_data import TRAIN_FRACTION, list_npz, load_dataset
     from training.benchmark_detectors import DETECTORS
-    from training.benchmark_run import Result, Task, run_benchmark
+    from training.benchmark_run import Task, run_benchmark
 
     args.directory = data_directory(args.directory)
     detectors = _csv(args.detectors)
@@ -162,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         load_dataset(p, args.max_rows) for p in list_npz(Path(args.directory), _csv(args.datasets) or None)
     ]
     tasks = [Task(ds, seed, det) for ds in datasets for seed in seeds for det in detectors]
+    reused = _reused(args.reuse or [], tasks)
+    tasks = [t for t in tasks if (t.dataset.name, t.seed, t.detector) not in reused]
     # One thread per worker: CPU time then measures work, not idle threads spinning (a 2-thread torch
     # fit showed 18x the CPU seconds of a 1-thread one on a busy 2-core machine).
     threads = 1
@@ -182,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
 
     started = dt.datetime.now(dt.UTC)
-    results = run_benchmark(tasks, args.jobs, threads, progress)
+    results = list(reused.values()) + run_benchmark(tasks, args.jobs, threads, progress)
     elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
 
     summary = report.summarize(results, [ds.name for ds in datasets], detectors)
@@ -205,6 +239,12 @@ def run(args: argparse.Namespace) -> int:
         "- How aeguard's defaults were tuned on these sets, and how to read small differences: "
         "[training.md](training.md#defaults)",
     ]
+    if reused:
+        header.append(
+            f"- Reused: {len(reused)} of {len(results)} fits come from "
+            f"{', '.join(str(p) for p in args.reuse)} (`--reuse`), measured by an earlier run of the same "
+            "protocol; the run time above covers the other fits only"
+        )
     text = report.render_markdown(summary, datasets, results, header, {d: DETECTORS[d][1] for d in detectors})
     print(text)
     if args.out:

@@ -106,6 +106,47 @@ def _ecod(seed: int) -> Detector:
     return _Adapter(ECOD(), _decision)
 
 
+def _standardized(estimator: Any) -> Detector:
+    """``estimator`` behind a StandardScaler fitted on the training rows (as ``knn-std``)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return _Adapter(make_pipeline(StandardScaler(), estimator), _decision)
+
+
+def _lunar(seed: int) -> Detector:
+    from pyod.models.lunar import LUNAR
+
+    return _standardized(LUNAR(random_state=seed))
+
+
+class _DeepSVDD:
+    """PyOD DeepSVDD, built at ``fit``: its constructor needs the number of features."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def fit(self, x: np.ndarray) -> _DeepSVDD:
+        from pyod.models.deep_svdd import DeepSVDD
+
+        self.inner = _standardized(DeepSVDD(n_features=x.shape[1], random_state=self.seed, verbose=0))
+        self.inner.fit(x)
+        return self
+
+    def anomaly_score(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.anomaly_score(x)
+
+
+def _deep_svdd(seed: int) -> Detector:
+    return _DeepSVDD(seed)
+
+
+def _dif(seed: int) -> Detector:
+    from pyod.models.dif import DIF
+
+    return _standardized(DIF(random_state=seed, device="cpu"))
+
+
 #: name -> (factory(seed) -> detector, one-line description for the report)
 DETECTORS: dict[str, tuple[Callable[[int], Detector], str]] = {
     "aeguard": (
@@ -121,6 +162,9 @@ DETECTORS: dict[str, tuple[Callable[[int], Detector], str]] = {
     "pyod-ae": (_pyod_ae, "PyOD AutoEncoder (defaults: [64, 32] hidden, 10 epochs, standard scaling)"),
     "iforest": (_iforest, "scikit-learn IsolationForest (100 trees)"),
     "ecod": (_ecod, "PyOD ECOD"),
+    "lunar": (_lunar, "scikit-learn StandardScaler, then PyOD LUNAR (defaults: 5 neighbours, 200 epochs)"),
+    "deepsvdd": (_deep_svdd, "scikit-learn StandardScaler, then PyOD DeepSVDD (defaults: 100 epochs)"),
+    "dif": (_dif, "scikit-learn StandardScaler, then PyOD DIF (defaults: 50 representations x 6 trees)"),
 }
 
 

@@ -165,3 +165,24 @@ def write_csv(results: Sequence[Result], path: Path) -> None:
         writer.writeheader()
         for r in sorted(results, key=lambda r: (r.dataset, r.detector, r.seed)):
             writer.writerow(dataclasses.asdict(r))
+
+
+def read_csv(path: Path) -> list[Result]:
+    """The fits of a raw CSV written by :func:`write_csv` (failed fits included, figures NaN)."""
+    fields = {f.name: f.type for f in dataclasses.fields(Result)}
+    out = []
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            values: dict[str, object] = {}
+            for name, kind in fields.items():
+                text = row.get(name, "")
+                if kind in ("int", int):
+                    values[name] = int(text)
+                elif kind in ("float", float):
+                    values[name] = float(text) if text else math.nan
+                elif name == "error":
+                    values[name] = text or None
+                else:
+                    values[name] = text
+            out.append(Result(**values))  # type: ignore[arg-type]
+    return out

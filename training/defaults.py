@@ -73,6 +73,10 @@ MIN_DELTA = 1e-4
 TRAIN_FRACTION = 0.6
 VALIDATION_FRACTION = 0.1
 CALIBRATION_FRACTION = 0.15
+#: Cross-fitting folds (training.crossfit): each fold's networks score the rows they never saw, for
+#: thresholds and evaluation, and the served networks train on all normal rows but the validation
+#: slice. 0 or 1 = the plain split above.
+CROSSFIT_FOLDS = 2
 #: Fewest rows of the training pool accepted at all (each split needs rows).
 MIN_ROWS = 10
 #: Above this many training rows, the fit uses a seeded subsample (keeps training time bounded).

@@ -12,6 +12,7 @@ from service.artifact import (
     describe_training,
     uses_tuning_split,
 )
+from training.crossfit import describe_crossfit
 
 if TYPE_CHECKING:
     from training.api import TrainResult
@@ -81,6 +82,9 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
         ("training", f"{describe_training(train)}, {train['duration_s']:.1f} s"),
         ("loss", _losses(train)),
     ]
+    crossfit_line = describe_crossfit(train.get("crossfit"))
+    if crossfit_line:
+        rows.insert(3, ("cross-fit", crossfit_line))  # right after the split it explains
     per = ev.get("thresholds", {})
     for i, t in enumerate(meta.thresholds):
         m = per.get(t.name, {})
