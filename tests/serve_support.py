@@ -101,6 +101,16 @@ def value(metrics: dict, name: str, **labels: str) -> float:
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def raw_request(x: Any, **kw: Any) -> Any:
+    """A ScoreRequest carrying ``x`` as raw little-endian float32 (the fast path)."""
+    import numpy as np
+
+    from service.rpc.api import aeguard_pb2 as pb
+
+    x = np.asarray(x, dtype=np.float32)
+    return pb.ScoreRequest(samples=pb.Matrix(rows=x.shape[0], cols=x.shape[1], raw=x.tobytes()), **kw)
+
+
 def series(metrics: dict, name: str) -> list[dict[str, str]]:
     """The label sets of every sample called ``name``."""
     return [dict(labels) for (n, labels) in metrics if n == name]

@@ -10,7 +10,6 @@ import logging
 import math
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from prometheus_client.parser import text_string_to_metric_families
+from serve_support import raw_request, scrape, value
 
 from service.client import Client
 from service.config import ServerConfig
@@ -68,25 +67,6 @@ def stub(channel) -> pb_grpc.AnomalyDetectorStub:
 @pytest.fixture(scope="module")
 def client(channel) -> Client:
     return Client("unused", channel=channel)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    text = opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def raw_request(x: np.ndarray, **kw) -> pb.ScoreRequest:
-    x = np.asarray(x, dtype=np.float32)
-    return pb.ScoreRequest(samples=pb.Matrix(rows=x.shape[0], cols=x.shape[1], raw=x.tobytes()), **kw)
 
 
 def values_request(x: np.ndarray, **kw) -> pb.ScoreRequest:

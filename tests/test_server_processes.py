@@ -15,17 +15,12 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serve_support import Served, series, start_serve, value
+from serve_support import Served, raw_request, series, start_serve, value
 
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 
 NO_PROXY = [("grpc.enable_http_proxy", 0)]
-
-
-def raw_request(x: np.ndarray, **kw) -> pb.ScoreRequest:
-    x = np.asarray(x, dtype=np.float32)
-    return pb.ScoreRequest(samples=pb.Matrix(rows=x.shape[0], cols=x.shape[1], raw=x.tobytes()), **kw)
 
 
 def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
