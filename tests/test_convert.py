@@ -124,8 +124,15 @@ def test_model_info_describes_the_model(model):
     assert info.load_duration_s == model.load_duration_s > 0
 
 
+def rows_of_every_severity(model, tiny_dataset, per_level: int = 20) -> np.ndarray:
+    """Up to ``per_level`` rows at each severity (none, warning, critical), whatever the thresholds."""
+    levels = model.scorer.score(tiny_dataset.X).severity_level
+    picks = [np.flatnonzero(levels == level)[:per_level] for level in range(3)]
+    return tiny_dataset.X[np.concatenate(picks)]
+
+
 def test_large_plain_responses_equal_results_built_field_by_field(model, tiny_dataset):
-    x = np.concatenate([tiny_dataset.normal[:30], tiny_dataset.anomalies[:30]])
+    x = rows_of_every_severity(model, tiny_dataset)
     batch = model.scorer.score(x)
     assert len(set(batch.severity_level.tolist())) == 3  # none, warning and critical all present
     resp = convert.score_response(pb.ScoreRequest(request_id="big"), model, batch)
@@ -165,7 +172,7 @@ def columns_as_arrays(cols: pb.ColumnarResults) -> dict[str, np.ndarray]:
     ("top_k", "feature_errors"), [(0, False), (3, True), (3, False), (0, True), (99, True)]
 )
 def test_columnar_response_equals_the_per_sample_one(model, tiny_dataset, top_k, feature_errors):
-    x = np.concatenate([tiny_dataset.normal[:30], tiny_dataset.anomalies[:30]])
+    x = rows_of_every_severity(model, tiny_dataset)
     batch = model.scorer.score(x, with_feature_errors=bool(top_k or feature_errors))
     assert len(set(batch.severity_level.tolist())) == 3  # none, warning and critical all present
     fields = {"top_k": top_k, "feature_errors": feature_errors, "request_id": "c1"}
