@@ -237,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
         "- Data: every .npz file (arrays X and y) in the directory; ADBench's classical sets are the "
         "`adbench/datasets/Classical/` folder of https://github.com/Minqi824/ADBench",
         "- How aeguard's defaults were tuned on these sets, and how to read small differences: "
-        "[training.md](training.md#defaults)",
+        "[training.md](training.md#defaults); cross-fitting, the deep peers (LUNAR, DeepSVDD, DIF) and what "
+        "was tried for satellite, optdigits and mammography: [quality-tuning.md](quality-tuning.md)",
     ]
     if reused:
         header.append(
