@@ -46,6 +46,8 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 STOP_SLACK_S = 3.0
 #: How often the loop checks the ready gate and publishes drift windows (multiprocess mode).
 HOUSEKEEPING_S = 0.5
+#: How often the ready gate is looked at until health says SERVING.
+READY_POLL_S = 0.02
 #: How often a drain checks whether the calls in flight have finished.
 DRAIN_POLL_S = 0.01
 #: A drain shuts grpc down once no call has started for this long (or the grace period is over).
@@ -80,6 +82,8 @@ class ServerHandle:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._housekeeping: asyncio.Task[None] | None = None
+        #: Called once, on the event loop, when health first says SERVING (a worker tells its supervisor).
+        self.on_serving: Callable[[], None] | None = None
         self.health_port = -1
         self.health_server: grpc.aio.Server | None = None
         self.instrumented: InstrumentedServer | None = None
@@ -103,14 +107,22 @@ class ServerHandle:
             )
             for name in HEALTH_SERVICES:
                 await self.health.set(name, status)
+            log.info("health", extra={"serving": serving})
+            if serving and self.on_serving is not None:
+                self.on_serving()
+                self.on_serving = None
         return serving
 
     async def _housekeep(self, publish_drift: bool) -> None:
         while True:
-            await asyncio.sleep(HOUSEKEEPING_S)
-            await self._refresh()
-            if publish_drift:
-                self.metrics.publish_drift()
+            # Until health says SERVING, look at the ready gate often: a supervisor waits for it.
+            await asyncio.sleep(HOUSEKEEPING_S if self._serving else READY_POLL_S)
+            try:
+                await self._refresh()
+                if publish_drift:
+                    self.metrics.publish_drift()
+            except Exception:  # health and drift must outlive any surprise; the next turn tries again
+                log.exception("housekeeping failed")
 
     # -- stopping ---------------------------------------------------------------------------------
     def stop(self, grace_s: float | None = None) -> bool:
@@ -183,10 +195,6 @@ class ServerHandle:
                     counts[s.labels["method"]] = s.value
         return counts
 
-    def call_soon(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on the server's event loop (thread-safe)."""
-        self._loop.call_soon_threadsafe(fn)
-
     def _call(self, coro: Any, timeout_s: float | None = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
@@ -197,13 +205,15 @@ def build_server(
     metrics: Metrics | None = None,
     *,
     ready: Callable[[], bool] = lambda: True,
+    on_serving: Callable[[], None] | None = None,
     reuse_port: bool = False,
     serve_metrics: bool = True,
 ) -> ServerHandle:
     """Create, bind and start the gRPC server (and, unless ``serve_metrics`` is False, /metrics).
 
     ``reuse_port`` binds with ``SO_REUSEPORT`` (worker processes sharing one port); ``ready`` is
-    polled until it returns True before health may say SERVING.
+    polled until it returns True before health may say SERVING; ``on_serving`` is called once, when
+    it first does.
     """
     if metrics is None:
         metrics = Metrics(CollectorRegistry())
@@ -214,6 +224,7 @@ def build_server(
     thread = threading.Thread(target=loop.run_forever, name="aeguard-loop", daemon=True)
     thread.start()
     handle = ServerHandle(config, store, metrics, loop, thread, ready)
+    handle.on_serving = on_serving
     if config.tls_cert:
         handle.tls = TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca or None)
     if config.auth_tokens_file:

@@ -98,6 +98,7 @@ class _Worker:
     process: Any
     started_at: float
     ready: bool = False
+    serving: bool = False  #: its health says SERVING (after the gate opened)
     failures: int = 0
 
 
@@ -172,6 +173,17 @@ class Supervisor:
                         "(see its log above)"
                     )
         self._all_ready.set()
+        # Announce only once every worker's health says SERVING: a client that reads the "serving"
+        # line must not reach a worker that has not yet seen the gate open.
+        while not all(w.serving for w in self._workers.values()):
+            if self._stop.is_set():
+                return
+            self._handle_events(timeout_s=0.2, starting=True)
+            for w in self._workers.values():
+                if not w.process.is_alive():
+                    raise ModelLoadError(
+                        f"worker {w.index} exited with code {w.process.exitcode} while starting (see its log)"
+                    )
         self._sup_metrics.processes.set(len(self._workers))
         log.info("all workers ready", extra={"processes": self.processes, "port": self.port})
 
@@ -286,6 +298,8 @@ class Supervisor:
             self.models, self.default_model = event[3], event[4]
             if not starting:
                 log.info("worker ready", extra={"worker": index, "pid": event[2]})
+        elif kind == "serving" and w is not None and w.process.pid == event[2]:
+            w.serving = True
         elif kind == "failed" and starting:
             raise ModelLoadError(event[3])
 

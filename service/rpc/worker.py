@@ -3,7 +3,8 @@
 Started by :class:`service.rpc.supervisor.Supervisor` (``spawn``). A worker loads and warms up its
 models *before* it binds the port, so the kernel never hands it a connection it cannot answer; it
 then reports ready and waits for the supervisor's gate (every worker ready) before its health says
-SERVING. Its metrics go to the multiprocess directory the supervisor scrapes.
+SERVING, and tells the supervisor once it does. Its metrics go to the multiprocess directory the
+supervisor scrapes.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ def run_worker(config: ServerConfig, index: int, processes: int, events: Any, al
         log.error("model refused", extra={"error": exc.message})
         events.put(("failed", index, os.getpid(), exc.message))
         sys.exit(2)
+    pid = os.getpid()
     handle = build_server(
-        config, store, metrics, ready=all_ready.is_set, reuse_port=True, serve_metrics=False
+        config,
+        store,
+        metrics,
+        ready=all_ready.is_set,
+        on_serving=lambda: events.put(("serving", index, pid)),
+        reuse_port=True,
+        serve_metrics=False,
     )
     reloader = start_reloader(handle, config)
     events.put(("ready", index, os.getpid(), [m.name for m in store.models()], store.default_name))
