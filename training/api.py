@@ -29,7 +29,7 @@ from training.crossfit import CrossFitResult, crossfit, plan_crossfit
 from training.data import check_matrix
 from training.evaluate import detection_metrics, identity_check
 from training.export import EXPORTER, check_parity, to_onnx, write_model
-from training.fit import EpochCallback, FitConfig, FitResult, fit_ensemble
+from training.fit import EpochCallback, FitConfig, FitResult, fit_ensemble, fit_summary
 from training.model import ScoringGraph
 from training.splits import Splits, make_splits
 
@@ -402,33 +402,7 @@ def train_model(
             "contaminated": options.contaminated,
             "split_rows": {**splits.counts(), "train_used": len(train_rows)},
             "crossfit": cross.describe() if cross is not None else None,
-            "seed": config.seed,
-            "hyperparameters": {
-                "max_epochs": config.max_epochs,
-                "patience": config.patience,
-                "batch_size": config.batch_size,
-                "lr": config.lr,
-                "weight_decay": config.weight_decay,
-                "max_steps": config.max_steps,
-            },
-            "epochs_run": len(fitted.train_loss),
-            "member_epochs_run": [len(f.train_loss) for f in member_fits],
-            # Each network of an ensemble trains to its own early stop: the summary, inspect and the
-            # report describe every one, not only the first (whose figures the keys above hold).
-            "members": [
-                {
-                    "epochs_run": len(f.train_loss),
-                    "best_epoch": f.best_epoch,
-                    "stopped_early": f.stopped_early,
-                    "train_loss": f.train_loss[f.best_epoch - 1],
-                    "validation_loss": f.validation_loss[f.best_epoch - 1],
-                }
-                for f in member_fits
-            ],
-            "best_epoch": fitted.best_epoch,
-            "stopped_early": fitted.stopped_early,
-            "train_loss": fitted.train_loss[fitted.best_epoch - 1],
-            "validation_loss": fitted.validation_loss[fitted.best_epoch - 1],
+            **fit_summary(config, member_fits),
             "threshold_specs": list(options.thresholds),
             "duration_s": round(duration_s, 3),
         },

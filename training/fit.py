@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -323,6 +324,42 @@ def fit_ensemble(
         fits.append(fit_autoencoder(x_train, x_val, member, on_epoch=hook))
         done += len(fits[-1].train_loss)
     return fits
+
+
+def fit_summary(config: FitConfig, member_fits: list[FitResult]) -> dict[str, Any]:
+    """How a fit went, for the model's ``training`` metadata: settings, epochs, losses per network.
+
+    The top-level epoch and loss keys are the first network's; ``members`` describes every one
+    (each network of an ensemble trains to its own early stop).
+    """
+    fitted = member_fits[0]
+    return {
+        "seed": config.seed,
+        "hyperparameters": {
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "weight_decay": config.weight_decay,
+            "max_steps": config.max_steps,
+        },
+        "epochs_run": len(fitted.train_loss),
+        "member_epochs_run": [len(f.train_loss) for f in member_fits],
+        "members": [
+            {
+                "epochs_run": len(f.train_loss),
+                "best_epoch": f.best_epoch,
+                "stopped_early": f.stopped_early,
+                "train_loss": f.train_loss[f.best_epoch - 1],
+                "validation_loss": f.validation_loss[f.best_epoch - 1],
+            }
+            for f in member_fits
+        ],
+        "best_epoch": fitted.best_epoch,
+        "stopped_early": fitted.stopped_early,
+        "train_loss": fitted.train_loss[fitted.best_epoch - 1],
+        "validation_loss": fitted.validation_loss[fitted.best_epoch - 1],
+    }
 
 
 def _offset_hook(on_epoch: EpochCallback, offset: int) -> EpochCallback:

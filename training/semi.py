@@ -30,7 +30,7 @@ from service.errors import DataError
 from training import calibrate, defaults
 from training.data import UNLABELLED, check_matrix
 from training.evaluate import detection_metrics, identity_check
-from training.fit import EpochCallback, FitResult, fit_ensemble
+from training.fit import EpochCallback, FitResult, fit_ensemble, fit_summary
 from training.model import ScoringGraph
 from training.semi_model import FineTuneConfig, SemiSupervisedGraph, build_semi_graph, fine_tune_graph
 from training.splits import Splits
@@ -391,31 +391,7 @@ def train_semi_supervised(
                 "fine_tune_s": round(tune_s, 3),
             },
             "split_rows": {**splits.counts(), "train_used": len(pretrain)},
-            "seed": config.seed,
-            "hyperparameters": {
-                "max_epochs": config.max_epochs,
-                "patience": config.patience,
-                "batch_size": config.batch_size,
-                "lr": config.lr,
-                "weight_decay": config.weight_decay,
-                "max_steps": config.max_steps,
-            },
-            "epochs_run": len(fitted.train_loss),
-            "member_epochs_run": [len(f.train_loss) for f in member_fits],
-            "members": [
-                {
-                    "epochs_run": len(f.train_loss),
-                    "best_epoch": f.best_epoch,
-                    "stopped_early": f.stopped_early,
-                    "train_loss": f.train_loss[f.best_epoch - 1],
-                    "validation_loss": f.validation_loss[f.best_epoch - 1],
-                }
-                for f in member_fits
-            ],
-            "best_epoch": fitted.best_epoch,
-            "stopped_early": fitted.stopped_early,
-            "train_loss": fitted.train_loss[fitted.best_epoch - 1],
-            "validation_loss": fitted.validation_loss[fitted.best_epoch - 1],
+            **fit_summary(config, member_fits),
             "threshold_specs": list(options.thresholds),
             "duration_s": round(time.perf_counter() - started, 3),
         },
