@@ -101,3 +101,29 @@ def tiny_model_path(tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPath
     )
     train_model(tiny_dataset.X, tiny_dataset.feature_names, out, labels=tiny_dataset.y, options=options)
     return out
+
+
+# -- a client side for test modules that define a module-scoped `server` (a ServerHandle) -----------
+@pytest.fixture(scope="module")
+def channel(server):
+    """A plaintext channel to the module's ``server`` (proxies off: loopback only)."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.enable_http_proxy", 0)]) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    """The generated AnomalyDetector stub on ``channel``."""
+    from service.rpc.api import aeguard_pb2_grpc as pb_grpc
+
+    return pb_grpc.AnomalyDetectorStub(channel)
+
+
+@pytest.fixture(scope="module")
+def client(channel):
+    """``service.client.Client`` on ``channel``."""
+    from service.client import Client
+
+    return Client("unused", channel=channel)

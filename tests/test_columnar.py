@@ -12,12 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
-from service.client import Client, ColumnarScores, Scores, StreamError
+from service.client import ColumnarScores, Scores, StreamError
 from service.config import ServerConfig
 from service.errors import AeguardError, InvalidInputError
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2 as pb
-from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.server import ServerHandle, build_server
 
 MAX_ROWS = 256
@@ -35,22 +34,6 @@ def server(tiny_model_path) -> Iterator[ServerHandle]:
     handle = build_server(config, store)
     yield handle
     handle.stop(0)
-
-
-@pytest.fixture(scope="module")
-def channel(server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.enable_http_proxy", 0)]) as ch:
-        yield ch
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.AnomalyDetectorStub:
-    return pb_grpc.AnomalyDetectorStub(channel)
-
-
-@pytest.fixture(scope="module")
-def client(channel) -> Client:
-    return Client("unused", channel=channel)
 
 
 @pytest.fixture(scope="module")

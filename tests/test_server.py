@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from serve_support import raw_request, scrape, value
 
-from service.client import Client
 from service.config import ServerConfig
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2 as pb
@@ -51,22 +50,6 @@ def server(tiny_model_path) -> Iterator[ServerHandle]:
     handle = build_server(config, store)
     yield handle
     handle.stop(0)
-
-
-@pytest.fixture(scope="module")
-def channel(server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.enable_http_proxy", 0)]) as ch:
-        yield ch
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.AnomalyDetectorStub:
-    return pb_grpc.AnomalyDetectorStub(channel)
-
-
-@pytest.fixture(scope="module")
-def client(channel) -> Client:
-    return Client("unused", channel=channel)
 
 
 def values_request(x: np.ndarray, **kw) -> pb.ScoreRequest:
