@@ -92,10 +92,23 @@ class ModelMetadata:
     versions: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+    #: Empty for a row-wise model. A windowed model's samples are ``size`` consecutive rows of one
+    #: series (``service/windows.py``): ``size``, ``step`` (seconds), ``max_gap`` (steps),
+    #: ``time_column``, ``series_column``. Files written before windows existed have none.
+    window: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def window_size(self) -> int:
+        """W, the rows per sample: 1 for a row-wise model."""
+        return int(self.window.get("size", 1)) if self.window else 1
+
+    @property
+    def is_windowed(self) -> bool:
+        return self.window_size > 1
 
     @property
     def primary_threshold(self) -> Threshold:
@@ -103,7 +116,10 @@ class ModelMetadata:
         return self.thresholds[0]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+        doc = asdict(self)
+        if not self.window:  # a row-wise model's document stays exactly as before windows existed
+            del doc["window"]
+        return json.dumps(doc, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> ModelMetadata:
@@ -162,6 +178,8 @@ class ModelMetadata:
         dist = self.score_distribution
         if len(dist.probabilities) != len(dist.values) or len(dist.values) < 2:
             raise ModelLoadError(f"{source}: score_distribution needs matching probabilities/values")
+        if not isinstance(self.window, dict):
+            raise ModelLoadError(f"{source}: window must be a JSON object, got {self.window!r}")
 
 
 def describe_networks(architecture: dict[str, Any]) -> str:

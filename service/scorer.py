@@ -15,6 +15,7 @@ import onnxruntime as ort
 from service import artifact
 from service.artifact import ModelMetadata
 from service.errors import InvalidInputError, ModelLoadError
+from service.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,27 @@ class ScoreBatch:
 
 
 def check_rows(x: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
-    """Return ``x`` as a C-contiguous float32 ``[n, d]`` array, or raise naming the problem."""
+    """Return ``x`` as a C-contiguous float32 ``[n, d]`` array, or raise naming the problem.
+
+    A windowed model's samples are ``[n, W, d]`` windows (built by :mod:`service.windows`),
+    checked the same way, value by value.
+    """
     x = np.asarray(x)
+    w = metadata.window_size
+    if w > 1:
+        if x.ndim != 3 or x.shape[1] != w:
+            raise InvalidInputError(
+                f"model '{metadata.name}' scores windows of {w} rows [samples, {w}, features], "
+                f"got shape {x.shape}"
+            )
+        return _check_matrix(x.reshape(-1, x.shape[2]), metadata, w).reshape(x.shape)
     if x.ndim != 2:
         raise InvalidInputError(f"samples must be a 2-D matrix [rows, features], got shape {x.shape}")
+    return _check_matrix(x, metadata, 1)
+
+
+def _check_matrix(x: np.ndarray, metadata: ModelMetadata, rows_per_sample: int) -> np.ndarray:
+    """The checks of :func:`check_rows` on ``[rows, d]``; errors name the sample a row belongs to."""
     n, d = x.shape
     if n == 0:
         raise InvalidInputError("samples is empty: send at least one row")
@@ -58,12 +76,30 @@ def check_rows(x: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
         row, col = (int(i) for i in np.argwhere(~finite)[0])
         bad = int((~finite).any(axis=1).sum())
         raise InvalidInputError(
-            f"sample {row} feature {col} ('{metadata.feature_names[col]}') is {x[row, col]}: "
-            f"values must be finite ({bad} sample(s) affected"
+            f"sample {row // rows_per_sample} feature {col} ('{metadata.feature_names[col]}') is "
+            f"{x[row, col]}: values must be finite ({bad} sample(s) affected"
             + (", possibly overflowed float32" if np.isinf(x[row, col]) else "")
             + ")"
         )
     return x
+
+
+def _check_input_shape(shape: list, metadata: ModelMetadata, source: str) -> None:
+    """The graph's input must be ``[batch, d]``, or ``[batch, W, d]`` for a windowed model."""
+    w = metadata.window_size
+    expected = 2 if w == 1 else 3
+    if len(shape) != expected:
+        kind = "row-wise [batch, features]" if w == 1 else f"windowed [batch, {w}, features]"
+        raise ModelLoadError(
+            f"{source}: the graph's input has rank {len(shape)}, but the metadata describes a {kind} model"
+        )
+    if w > 1 and shape[1] != w:
+        raise ModelLoadError(f"{source}: the graph's windows hold {shape[1]} rows, the metadata says {w}")
+    if shape[-1] != metadata.n_features:
+        raise ModelLoadError(
+            f"{source}: input width {shape[-1]} does not match the {metadata.n_features} "
+            "feature names in the metadata"
+        )
 
 
 class Scorer:
@@ -76,6 +112,8 @@ class Scorer:
         self.session = session
         self.metadata = metadata
         self.source = source
+        #: How rows become samples for a windowed model (``None``: each row is a sample).
+        self.window: WindowSpec | None = WindowSpec.from_section(metadata.window, source)
         self._thresholds = np.array([t.value for t in metadata.thresholds], dtype=np.float64)
         self._primary = float(self._thresholds[0])
 
@@ -120,12 +158,7 @@ class Scorer:
             raise ModelLoadError(
                 f"{source}: expected one input named '{artifact.INPUT_NAME}', got {[i.name for i in inputs]}"
             )
-        width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
-        if width != metadata.n_features:
-            raise ModelLoadError(
-                f"{source}: input width {width} does not match the {metadata.n_features} "
-                "feature names in the metadata"
-            )
+        _check_input_shape(list(inputs[0].shape), metadata, source)
         outputs = {o.name for o in session.get_outputs()}
         missing = [o for o in artifact.OUTPUT_NAMES if o not in outputs]
         if missing:
@@ -136,7 +169,9 @@ class Scorer:
 
     def warm_up(self, rows: int = 8) -> None:
         """Run a batch through every output once, so the first request pays no set-up cost."""
-        x = np.zeros((rows, self.metadata.n_features), dtype=np.float32)
+        w = self.metadata.window_size
+        shape = (rows, self.metadata.n_features) if w == 1 else (rows, w, self.metadata.n_features)
+        x = np.zeros(shape, dtype=np.float32)
         result = self.session.run(None, {artifact.INPUT_NAME: x})
         shapes = {o.name: r.shape for o, r in zip(self.session.get_outputs(), result, strict=True)}
         if shapes[artifact.OUTPUT_SCORE] != (rows,) or shapes[artifact.OUTPUT_CODES] != (
@@ -150,7 +185,8 @@ class Scorer:
 
     # -- scoring -------------------------------------------------------------------------
     def score(self, x: np.ndarray, *, with_feature_errors: bool = False) -> ScoreBatch:
-        """Score rows of raw feature values (``[n, d]``)."""
+        """Score samples of raw feature values: rows ``[n, d]``, or windows ``[n, W, d]`` for a
+        windowed model (one score per window, belonging to its last row)."""
         x = check_rows(x, self.metadata)
         names = [artifact.OUTPUT_SCORE]
         if with_feature_errors:
