@@ -61,13 +61,13 @@ test-fast: install $(NODE_STAMP) system-deps
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check service training tests deploy proto
-	$(VENV)/bin/ruff format --check service training tests deploy proto
-	$(VENV)/bin/mypy service training proto/aeguard_build.py
+	$(VENV)/bin/ruff check service training bench tests deploy proto
+	$(VENV)/bin/ruff format --check service training bench tests deploy proto
+	$(VENV)/bin/mypy service training bench proto/aeguard_build.py
 
 # Serving (aeguard 1 and N processes, two no-op floors, in-process) and batch-job figures; a few minutes.
 bench: install
-	$(PY) -m service.bench
+	$(PY) -m bench
 
 # Seldon MLServer beside aeguard, in its own venv (its protobuf major version differs from ours).
 MLSERVER_VENV := .venv-mlserver
@@ -79,11 +79,11 @@ $(MLSERVER_STAMP):
 	touch $@
 
 bench-peers: install $(MLSERVER_STAMP)
-	$(PY) -m service.bench --only peers --mlserver-python $(MLSERVER_VENV)/bin/python
+	$(PY) -m bench --only peers --mlserver-python $(MLSERVER_VENV)/bin/python
 
 # 10 minutes of mixed load on the default --processes; RSS and fds of every process (not run by CI).
 soak: install
-	$(PY) -m service.bench.soak
+	$(PY) -m bench.soak
 
 # ADBench's classical .npz files (github.com/Minqi824/ADBench, adbench/datasets/Classical/):
 # `make quality ADBENCH=DIR`, or AEGUARD_ADBENCH_DIR=DIR in the environment.
@@ -95,4 +95,4 @@ quality: install
 clean:
 	rm -rf $(VENV) $(MLSERVER_VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache aeguard.egg-info build dist \
 		tests/node/node_modules
-	find service training tests deploy proto -name __pycache__ -type d -prune -exec rm -rf {} +
+	find service training bench tests deploy proto -name __pycache__ -type d -prune -exec rm -rf {} +

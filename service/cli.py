@@ -1,9 +1,9 @@
 """`aeguard ...`: the one command-line entry point; each sub-command lives in its own module.
 
 A sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``. It is imported
-only when that sub-command (or its ``--help``) is used, and must import heavy libraries (torch,
-pyspark, grpc) inside ``run``, so ``aeguard serve`` never loads torch and ``aeguard train``
-explains what to install when torch is missing.
+only when that sub-command (or its ``--help``) is used, so ``aeguard serve`` never loads torch and
+``aeguard train`` explains what to install when torch is missing; optional extras (pyspark) are
+imported where they are used.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from service.errors import AeguardError
 
@@ -71,8 +73,6 @@ first steps:
 
 def package_version() -> str:
     """The installed aeguard's version, or ``unknown`` when run from a source tree that is not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("aeguard")
     except PackageNotFoundError:
@@ -136,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reading end is closed (poll reports an error on it)."""
-    import select
-
     try:
         fd = sys.stdout.fileno()
     except (OSError, ValueError):

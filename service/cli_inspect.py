@@ -14,6 +14,7 @@ from service.artifact import (
     describe_training,
     uses_tuning_split,
 )
+from service.scorer import Scorer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,28 +53,11 @@ def _calibration_line(meta: ModelMetadata, n_calibration: int | None) -> str:
     return f"calibration    score{rows} " + ", ".join(parts)
 
 
-def format_metadata(meta: ModelMetadata, source: str) -> str:
-    """The metadata as aligned, readable lines."""
-    lines = [
-        f"model          {meta.name} {meta.version}  ({source})",
-        f"created        {meta.created_at}  (schema {meta.schema_version})",
-        f"features       {meta.n_features}: {', '.join(meta.feature_names)}",
-        f"coding size    {meta.coding_size}",
-    ]
-    arch = meta.architecture
-    if arch:
-        lines.append(
-            f"architecture   {describe_networks(arch)}  "
-            f"(tied weights {arch.get('tied_weights')}, "
-            f"denoise {arch.get('denoise_sigma')}, {arch.get('weight_count')} weights)"
-        )
-    tr = meta.training
-    split = tr.get("split_rows") if tr else None
-    n_calibration = split.get("calibration") if split else None
-    lines.append("thresholds     (a score >= value is flagged; the lowest decides is_anomaly)")
-    for t in meta.thresholds:
-        lines.append(f"  {t.name:<12} {t.value:<12.6g} {describe_threshold(t, n_calibration)}")
-    lines.append(_calibration_line(meta, n_calibration))
+def _training_lines(
+    meta: ModelMetadata, tr: dict[str, Any] | None, split: dict[str, Any] | None
+) -> list[str]:
+    """Rows, settings, few-label counts, split sizes and cross-fitting of the training run."""
+    lines: list[str] = []
     if tr:
         lines.append(f"training       {tr.get('rows')} rows from {tr.get('source') or '?'}")
         lines.append(
@@ -102,6 +86,12 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
             f"               served networks trained on {crossfit.get('final_train_rows')} rows, "
             f"each fold's on {crossfit.get('fold_train_rows')}"
         )
+    return lines
+
+
+def _evaluation_lines(meta: ModelMetadata) -> list[str]:
+    """ROC-AUC, PR-AUC, each threshold's precision and recall, and the identity check."""
+    lines: list[str] = []
     ev = meta.evaluation
     if ev:
         if "roc_auc" in ev:
@@ -122,6 +112,33 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
                 f"identity check shuffled {ident['shuffled_ratio']:.1f}x, noise {ident['noise_ratio']:.1f}x "
                 f"real error{' (WARNING: copying?)' if ident['copying'] else ''}"
             )
+    return lines
+
+
+def format_metadata(meta: ModelMetadata, source: str) -> str:
+    """The metadata as aligned, readable lines."""
+    lines = [
+        f"model          {meta.name} {meta.version}  ({source})",
+        f"created        {meta.created_at}  (schema {meta.schema_version})",
+        f"features       {meta.n_features}: {', '.join(meta.feature_names)}",
+        f"coding size    {meta.coding_size}",
+    ]
+    arch = meta.architecture
+    if arch:
+        lines.append(
+            f"architecture   {describe_networks(arch)}  "
+            f"(tied weights {arch.get('tied_weights')}, "
+            f"denoise {arch.get('denoise_sigma')}, {arch.get('weight_count')} weights)"
+        )
+    tr = meta.training
+    split = tr.get("split_rows") if tr else None
+    n_calibration = split.get("calibration") if split else None
+    lines.append("thresholds     (a score >= value is flagged; the lowest decides is_anomaly)")
+    for t in meta.thresholds:
+        lines.append(f"  {t.name:<12} {t.value:<12.6g} {describe_threshold(t, n_calibration)}")
+    lines.append(_calibration_line(meta, n_calibration))
+    lines += _training_lines(meta, tr, split)
+    lines += _evaluation_lines(meta)
     if meta.export:
         opset = meta.export.get("opset")
         lines.append(f"export         opset {opset}; parity {describe_parity(meta.export)}")
@@ -139,8 +156,6 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.scorer import Scorer
-
     scorer = Scorer.load(args.model)
     if args.json:
         print(json.dumps(json.loads(scorer.metadata.to_json()), indent=2, sort_keys=True))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from service.batch.io import output_format
 from service.errors import InvalidInputError
+from service.sample import generate_chunks, load_generator, write_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the rows and write them; print one line saying what was written."""
-    from service.batch.io import output_format
-    from service.sample import generate_chunks, load_generator, write_rows
-
     if args.rows < 1:
         raise InvalidInputError(f"-n must be >= 1, got {args.rows}")
     output_format(args.out)  # refuse a bad extension before loading anything

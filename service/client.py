@@ -1,9 +1,9 @@
 """A small typed Python client for the aeguard gRPC API: numpy in, results out.
 
 Used by the tests and by the batch job's remote mode (``aeguard score --target``). Server errors
-come back as :mod:`service.errors` types (INVALID_ARGUMENT -> InvalidInputError, NOT_FOUND ->
-ModelNotFoundError, RESOURCE_EXHAUSTED -> LimitExceededError, UNAVAILABLE -> NotReadyError), with the
-original :class:`grpc.RpcError` as ``__cause__``.
+come back as :mod:`service.errors` types, through the server's own table read backwards
+(:data:`service.rpc.status.ERROR_FOR`: INVALID_ARGUMENT -> InvalidInputError, NOT_FOUND ->
+ModelNotFoundError, ...), with the original :class:`grpc.RpcError` as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -18,25 +18,17 @@ import numpy as np
 from service import errors
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
+from service.rpc.status import ERROR_FOR
 
 #: Default send/receive limit: room for 8192 rows x 512 features of float32 (the server's default).
 DEFAULT_MESSAGE_BYTES = 8192 * 512 * 4 * 4 + (1 << 20)
-
-_ERROR_FOR: dict[grpc.StatusCode, type[errors.AeguardError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidInputError,
-    grpc.StatusCode.NOT_FOUND: errors.ModelNotFoundError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.LimitExceededError,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.ModelLoadError,
-    grpc.StatusCode.UNAVAILABLE: errors.NotReadyError,
-    grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
-}
 
 
 def error_for(code: grpc.StatusCode | int, message: str) -> errors.AeguardError:
     """The domain error for a status code (an int is a google.rpc.Code number)."""
     if isinstance(code, int):
         code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
-    cls = _ERROR_FOR.get(code, errors.AeguardError)
+    cls = ERROR_FOR.get(code, errors.AeguardError)
     return cls(message if cls is not errors.AeguardError else f"server error {code.name}: {message}")
 
 

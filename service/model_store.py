@@ -1,8 +1,9 @@
 """The model store: loads, validates and warms up models, serves them by name, swaps them atomically.
 
 Readers (the request path) take no lock: they read one dict reference, which a writer replaces
-whole under a lock (``swap``, ``reload``). A request therefore sees either the old set of models or
-the new one, never a mix, and an in-flight request keeps the :class:`LoadedModel` it started with.
+whole under a lock (``load_path``, ``update``, ``swap``). A request therefore sees either the old
+set of models or the new one, never a mix, and an in-flight request keeps the :class:`LoadedModel`
+it started with.
 """
 
 from __future__ import annotations
@@ -95,7 +96,6 @@ class ModelStore:
         self._models: dict[str, LoadedModel] = {}
         self._default = ""
         self._path: Path | None = None
-        self._wanted_default = ""
         self._write_lock = threading.Lock()
 
     # -- reading (the request path) ------------------------------------------------------------
@@ -160,7 +160,7 @@ class ModelStore:
         """Serve the model file, or every ``*.onnx`` file of a directory, replacing what was served.
 
         All files must load; otherwise nothing changes and :class:`ModelLoadError` says which file
-        failed and why. Remembers ``path`` for :meth:`reload`.
+        failed and why. Remembers ``path``, which :meth:`update` names if it must choose a new default.
         """
         path = Path(path)
         if path.is_dir():
@@ -191,14 +191,14 @@ class ModelStore:
             )
         default = _choose_default(loaded, default_model, path)
         self._replace_all(loaded, default)
-        self._path, self._wanted_default = path, default_model
+        self._path = path
         return [loaded[k] for k in sorted(loaded)]
 
     def update(self, add: list[LoadedModel], remove: list[str], wanted_default: str = "") -> None:
         """Serve ``add`` (new names or replacing the same names) and drop ``remove``, in one swap.
 
-        The default stays what it was while it is still served; otherwise ``wanted_default`` or the
-        same choice as at start-up. A call in flight keeps the model it started with.
+        The default becomes ``wanted_default`` when that is served, else stays what it was while it
+        is still served, else is chosen as at start-up. A call in flight keeps the model it started with.
         """
         with self._write_lock:
             new = dict(self._models)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.bench.batch import run_batch_bench
+from bench.batch import run_batch_bench
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bench import wire
+from bench import wire
 
 SERVERS = ("ae_default", "ae_1", "noop_sync", "noop_aio")
 
@@ -23,7 +23,7 @@ SERVERS = ("ae_default", "ae_1", "noop_sync", "noop_aio")
 def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "bench"
     argv = [
-        sys.executable, "-m", "service.bench", "--only", "server", "--model", str(tiny_model_path),
+        sys.executable, "-m", "bench", "--only", "server", "--model", str(tiny_model_path),
         "--duration-s", "0.2", "--warmup-s", "0.15", "--concurrency", "8", "--batch-rows", "64",
         "--batch-in-flight", "2", "--client-processes", "2", "--channels", "2", "--repeat", "2",
         "--server-arg=--processes=2", "--out-dir", str(out_dir),
@@ -76,7 +76,7 @@ def test_bench_server_part_runs_end_to_end(tiny_model_path: Path, tmp_path: Path
 def test_targets_read_their_rows_and_pair_the_rounds() -> None:
     """The Targets table from hand-made rows: paired ratios against the faster (rates) or cheaper
     (CPU) no-op of each round, and the columnar row against in-process."""
-    from service.bench import targets
+    from bench import targets
 
     def side(rounds: list[float], cpu: list[float]) -> dict[str, list[float]]:
         return {"rounds": rounds, "cpu_us_per_request_rounds": cpu, "p99_ms_rounds": [1.0] * len(rounds)}
@@ -111,7 +111,7 @@ def test_targets_read_their_rows_and_pair_the_rounds() -> None:
 
 def test_server_cpu_sums_the_whole_process_tree() -> None:
     # `aeguard serve --processes N` scores in workers under a supervisor: their CPU is the server's.
-    from service.bench import procs
+    from bench import procs
 
     worker = "import sys\nfor _ in range(10**7): pass\nprint('burnt', flush=True)\nsys.stdin.read()"
     supervisor = (
@@ -138,7 +138,7 @@ def test_server_cpu_sums_the_whole_process_tree() -> None:
 
 
 def test_response_bench_times_both_forms(tiny_model_path: Path) -> None:
-    from service.bench.responses import format_table, measure
+    from bench.responses import format_table, measure
 
     rows = measure(tiny_model_path, [1, 5], repeat=1, samples_per_loop=50)
     assert [r["rows"] for r in rows] == [1, 5]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # two multi-process servers and client processes:
 
 def _soak(model: Path, out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [
-        sys.executable, "-m", "service.bench.soak", "--model", str(model), "--duration-s", "2",
+        sys.executable, "-m", "bench.soak", "--model", str(model), "--duration-s", "2",
         "--sample-s", "1", "--warmup-s", "0.5", "--in-flight", "8", "--client-processes", "2",
         "--channels", "2", "--server-arg=--processes=2", "--out-dir", str(out_dir), *extra,
     ]  # fmt: skip

@@ -9,6 +9,7 @@ serves a model (made by the session fixture) and answers a call through ``servic
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -21,8 +22,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: What a source checkout holds that the build needs (the rest of the tree is irrelevant to it).
-SOURCES = ("pyproject.toml", "README.md", "constraints.txt", "proto", "service", "training")
+#: What a checkout holds that the build might see (`bench` too: the wheel must prove it leaves it out).
+SOURCES = ("pyproject.toml", "README.md", "constraints.txt", "proto", "service", "training", "bench")
 
 
 def _clean_env() -> dict[str, str]:
@@ -50,6 +51,37 @@ def _copy_sources(dest: Path) -> None:
     assert not (dest / "service/rpc/api").exists()
 
 
+def _assert_no_benchmark_code(wheel: zipfile.ZipFile) -> None:
+    """No benchmark module and no mlserver import anywhere in the wheel's Python files."""
+    modules = [n for n in wheel.namelist() if n.endswith(".py")]
+    assert modules, "the wheel holds no Python module"
+    assert not [n for n in modules if n.startswith("bench/") or "/bench/" in n], "benchmark code in the wheel"
+    importers = []
+    for name in modules:
+        for node in ast.walk(ast.parse(wheel.read(name), filename=name)):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = [node.module or ""]
+            else:
+                continue
+            importers += [name for t in targets if t.split(".")[0] == "mlserver"]
+    assert not importers, f"these wheel modules import mlserver: {importers}"
+
+
+def test_the_image_leaves_the_benchmarks_out() -> None:
+    """The image's build context admits only named paths, and the Dockerfile copies only the package."""
+    dockerignore = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()]
+    assert "**" in dockerignore, "the build context must start from nothing"
+    assert not [ln for ln in dockerignore if ln.startswith("!bench")], (
+        "bench/ admitted to the image's context"
+    )
+    copies = [
+        ln.split() for ln in (REPO / "deploy/Dockerfile").read_text().splitlines() if ln.startswith("COPY")
+    ]
+    assert not [c for c in copies if any(part.startswith("bench") for part in c[1:])], copies
+
+
 @pytest.mark.slow
 def test_wheel_serves_from_a_fresh_venv_without_torch(tiny_model_path: Path, tmp_path: Path) -> None:
     src, dist, venv = tmp_path / "src", tmp_path / "dist", tmp_path / "venv"
@@ -61,6 +93,7 @@ def test_wheel_serves_from_a_fresh_venv_without_torch(tiny_model_path: Path, tmp
     names = zipfile.ZipFile(wheel).namelist()
     for stub in ("aeguard_pb2.py", "aeguard_pb2_grpc.py", "__init__.py"):
         assert f"service/rpc/api/{stub}" in names, f"{stub} missing from the wheel"
+    _assert_no_benchmark_code(zipfile.ZipFile(wheel))
 
     made = _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     assert made.returncode == 0, made.stderr

@@ -175,7 +175,7 @@ def test_certificates_and_tokens_are_rotated_on_reload(tiny_model_path, pki, tmp
         auth_tokens_file=str(tokens),
         reload_interval_s=0.2,
     )
-    from service.rpc.main import start_reloader
+    from service.rpc.process import start_reloader
 
     reloader = start_reloader(handle, handle.config)
     try:

@@ -235,7 +235,7 @@ def test_encode_and_model_info_errors(stub):
 
 def test_unexpected_errors_are_internal_with_a_fixed_message(stub, caplog):
     with (
-        caplog.at_level(logging.ERROR, logger="service.rpc.interceptors"),
+        caplog.at_level(logging.ERROR, logger="service.rpc.status"),
         pytest.raises(grpc.RpcError) as info,
     ):
         stub.Score(raw_request(np.zeros((1, 8)), model="broken"))
@@ -413,7 +413,7 @@ def test_a_cancelled_stream_is_counted_not_logged_as_an_error(stub, server, capl
 
     before = finished_streams()
     moved: dict[str, float] = {}
-    with caplog.at_level(logging.ERROR, logger="service.rpc.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="service.rpc.status"):
         call = stub.ScoreStream(requests())
         try:
             assert next(call).request_id == "first"

@@ -22,8 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, BatchConfig
+from service.batch.local import score_file
+from service.batch.pushgateway import push_metrics
+from service.batch.remote import RemoteScorer
+from service.batch.spark import run_spark
 from service.batch.summary import Summary
+from service.client import Security
 from service.errors import AeguardError, InvalidInputError
+from service.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +181,8 @@ def _token(path: str | None) -> str:
 def run_job(config: BatchConfig) -> Summary:
     """Run one batch job with the engine the config names; raise an AeguardError on failure."""
     if config.engine == "spark":
-        from service.batch.spark import run_spark
-
         return run_spark(config)
-    from service.batch.local import score_file
-
     if config.target:
-        from service.batch.remote import RemoteScorer
-        from service.client import Security
-
         with RemoteScorer.connect(
             config.target,
             config.model_name,
@@ -199,8 +198,6 @@ def run_job(config: BatchConfig) -> Summary:
             ),
         ) as remote:
             return score_file(config, remote.metadata, remote.score, engine=f"remote {config.target}")
-    from service.scorer import Scorer
-
     scorer = Scorer.load(config.model_path, intra_op_threads=config.threads)
     return score_file(
         config, scorer.metadata, lambda x, fe: scorer.score(x, with_feature_errors=fe), engine="local"
@@ -226,8 +223,6 @@ def _interrupt_on_sigterm() -> Iterator[None]:
 
 def _push(url: str, summary: Summary | None, duration_s: float) -> None:
     """Push the run's metrics; a gateway that cannot be reached costs a warning, not the job's result."""
-    from service.batch.pushgateway import push_metrics
-
     try:
         push_metrics(url, summary, duration_s)
     except AeguardError as exc:

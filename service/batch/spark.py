@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from service import cli
 from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
 from service.batch.io import Input, atomic_directory
 from service.batch.local import check_paths, empty_input_message
@@ -202,8 +203,6 @@ def _count(written, summary: Summary) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`aeguard score --engine spark`, for ``spark-submit service/batch/spark.py --model ... ...``."""
-    from service import cli
-
     return cli.main(["score", "--engine", "spark", *(sys.argv[1:] if argv is None else argv)])
 
 

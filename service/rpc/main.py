@@ -14,74 +14,27 @@ import dataclasses
 import json
 import logging
 import os
-import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from service import config as config_module
 from service.config import ServerConfig
-
-if TYPE_CHECKING:
-    from service.metrics import Metrics
-    from service.model_store import ModelStore
-    from service.reloader import Reloader
-    from service.rpc.server import ServerHandle
+from service.errors import ModelLoadError
+from service.logs import configure_logging
+from service.rpc.process import (
+    Signals,
+    install_signal_handlers,
+    make_store,
+    serve_until_signal,
+    start_reloader,
+)
+from service.rpc.server import build_server
+from service.rpc.supervisor import Supervisor, available_cpus
 
 log = logging.getLogger(__name__)
 
-#: LogRecord attributes that are not ``extra=`` fields.
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the record's ``extra`` fields, traceback."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                doc[key] = value
-        if record.exc_info:
-            doc["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
-
-
-class _StaticFields(logging.Filter):
-    """Adds fixed fields (e.g. the worker index) to every record."""
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        super().__init__()
-        self._fields = fields
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in self._fields.items():
-            setattr(record, key, value)
-        return True
-
-
-def configure_logging(verbose: bool = False, **fields: Any) -> None:
-    """JSON lines on stderr for the whole process (replaces any earlier configuration).
-
-    ``fields`` are added to every line (a worker process passes ``worker=INDEX``).
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    if fields:
-        handler.addFilter(_StaticFields(fields))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+#: Re-exported for `aeguard demo`, which serves the same way.
+__all__ = ["Serving", "add_arguments", "configure_logging", "run", "serve"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,33 +67,8 @@ class Serving:
         print(json.dumps({"event": "serving", **dataclasses.asdict(self)}), flush=True)
 
 
-def make_store(config: ServerConfig, processes: int = 1) -> tuple[ModelStore, Metrics]:
-    """A model store and the process's metrics, listening to it.
-
-    With several processes each keeps ``drift_window / processes`` recent scores, so the windows
-    summed at scrape time hold about the server's last ``drift_window`` scores.
-    """
-    from prometheus_client import CollectorRegistry
-
-    from service.metrics import Metrics
-    from service.model_store import ModelStore
-
-    metrics = Metrics(CollectorRegistry())
-    store = ModelStore(
-        intra_op_threads=config.intra_op_threads,
-        inter_op_threads=config.inter_op_threads,
-        drift_window=max(1, config.drift_window // processes),
-        drift_min_samples=config.drift_min_samples,
-        listeners=[metrics],
-    )
-    return store, metrics
-
-
 def serve(config: ServerConfig, on_ready: Callable[[Serving], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit code. ``on_ready`` runs once health is SERVING."""
-    from service.errors import ModelLoadError
-    from service.rpc.supervisor import available_cpus
-
     if not config.model:
         raise ModelLoadError(
             "no model to serve: pass --model PATH (a .onnx file or a directory) or set AEGUARD_MODEL"
@@ -152,13 +80,8 @@ def serve(config: ServerConfig, on_ready: Callable[[Serving], None] | None = Non
 
 
 def _serve_one_process(config: ServerConfig, on_ready: Callable[[Serving], None] | None) -> int:
-    from service.errors import ModelLoadError
-    from service.rpc.server import build_server
-    from service.rpc.supervisor import install_signal_handlers
-
     store, metrics = make_store(config)
-    stop, reload = threading.Event(), threading.Event()
-    install_signal_handlers(stop.set, reload.set)
+    signals = Signals()
     handle = build_server(config, store, metrics)  # health NOT_SERVING until the models are warm
     try:
         store.load_path(config.model, config.default_model)
@@ -181,13 +104,11 @@ def _serve_one_process(config: ServerConfig, on_ready: Callable[[Serving], None]
     serving.announce()
     if on_ready is not None:
         on_ready(serving)
-    serve_until_signal(handle, config, stop, reload, reloader)
+    serve_until_signal(handle, config, signals, reloader)
     return 0
 
 
 def _serve_processes(config: ServerConfig, processes: int, on_ready: Callable[[Serving], None] | None) -> int:
-    from service.rpc.supervisor import Supervisor, install_signal_handlers
-
     supervisor = Supervisor(config, processes)
     install_signal_handlers(supervisor.request_stop, supervisor.request_reload)
     try:
@@ -210,41 +131,3 @@ def _serve_processes(config: ServerConfig, processes: int, on_ready: Callable[[S
     finally:
         supervisor.stop()
     return 0
-
-
-def start_reloader(handle: ServerHandle, config: ServerConfig) -> Reloader:
-    """Watch the model path, the TLS files and the tokens file of a running server (hot reload)."""
-    from service.reloader import Reloader, WatchedFiles
-
-    groups = []
-    if handle.tls is not None:
-        groups.append(WatchedFiles("TLS certificate files", handle.tls.paths, handle.tls.reload))
-    if handle.auth is not None:
-        groups.append(WatchedFiles("tokens file", [handle.auth.path], handle.auth.reload))
-    reloader = Reloader(
-        handle.store,
-        config.model,
-        default_model=config.default_model,
-        interval_s=config.reload_interval_s,
-        groups=groups,
-        on_model_reload=handle.metrics.model_reloaded,
-    )
-    reloader.start()
-    return reloader
-
-
-def serve_until_signal(
-    handle: ServerHandle,
-    config: ServerConfig,
-    stop: threading.Event,
-    reload: threading.Event,
-    reloader: Reloader,
-) -> None:
-    """Reload on SIGHUP (``reload``) and every reload_interval_s; on SIGTERM/SIGINT (``stop``), drain."""
-    while not stop.wait(0.2):  # wake up now and then so signals are handled promptly everywhere
-        if reload.is_set():
-            reload.clear()
-            reloader.poke()
-    log.info("signal received: draining", extra={"grace_s": config.grace_s})
-    reloader.stop()
-    handle.stop(config.grace_s)

@@ -34,7 +34,7 @@ from service.errors import NotReadyError
 from service.metrics import Metrics, ScrapeView, scrape_registry, serve_http
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
-from service.rpc.interceptors import InstrumentedServer
+from service.rpc.instrumented import InstrumentedServer
 from service.rpc.servicer import SERVICE_NAME, AnomalyDetectorServicer
 from service.rpc.tls import TlsFiles
 
@@ -164,7 +164,7 @@ class ServerHandle:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (grace_s or 0)
         if self.instrumented is not None:
-            calls = self.instrumented
+            calls = self.instrumented.calls
             calls.draining = True
             while loop.time() < deadline and (
                 calls.active > self._open_streams() or time.perf_counter() - calls.last_start < DRAIN_QUIET_S

@@ -22,7 +22,8 @@ from service.model_store import ModelStore
 from service.rpc import convert
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
-from service.rpc.interceptors import Undecodable, status_for
+from service.rpc.decoding import Undecodable
+from service.rpc.status import status_for
 
 #: Full service name, as used by health checks and reflection.
 #: Requests up to this many rows (without feature errors) go through the micro-batcher.

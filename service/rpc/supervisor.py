@@ -29,13 +29,18 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
 from service.config import ServerConfig
 from service.errors import ModelLoadError, NotReadyError
+from service.metrics import MULTIPROC_ENV, ScrapeView, SupervisorMetrics, scrape_registry, serve_http
+from service.rpc.worker import run_worker
 
 log = logging.getLogger(__name__)
 
@@ -102,28 +107,6 @@ class _Worker:
     failures: int = 0
 
 
-@dataclass
-class SupervisorMetrics:
-    """The parent's own series, on its own (single-process) registry."""
-
-    registry: Any
-    processes: Any = field(init=False)
-    restarts: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        from prometheus_client import Counter, Gauge
-
-        self.processes = Gauge(
-            "aeguard_worker_processes", "Worker processes alive and serving.", registry=self.registry
-        )
-        self.restarts = Counter(
-            "aeguard_worker_restarts",
-            "Worker processes that died and were replaced.",
-            ["reason"],
-            registry=self.registry,
-        )
-
-
 class Supervisor:
     """Starts, watches, replaces and drains the worker processes of one server."""
 
@@ -188,8 +171,6 @@ class Supervisor:
         log.info("all workers ready", extra={"processes": self.processes, "port": self.port})
 
     def _prepare_metrics_dir(self) -> None:
-        from service.metrics import MULTIPROC_ENV
-
         given = os.environ.get(MULTIPROC_ENV)
         if given:
             path = Path(given)
@@ -203,11 +184,6 @@ class Supervisor:
             os.environ[MULTIPROC_ENV] = self._metrics_dir  # inherited by the spawned workers
 
     def _serve_metrics(self) -> None:
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        from service.metrics import ScrapeView, scrape_registry, serve_http
-
         workers = CollectorRegistry()
         MultiProcessCollector(workers, path=self._metrics_dir)
         own = CollectorRegistry()
@@ -224,8 +200,6 @@ class Supervisor:
             ) from exc
 
     def _spawn(self, index: int) -> None:
-        from service.rpc.worker import run_worker
-
         process = self._ctx.Process(
             target=run_worker,
             args=(self.config, index, self.processes, self._events, self._all_ready),
@@ -260,8 +234,6 @@ class Supervisor:
             self._sup_metrics.processes.set(alive)
 
     def _worker_died(self, w: _Worker, now: float) -> None:
-        from prometheus_client.multiprocess import mark_process_dead
-
         code = w.process.exitcode
         reason = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
         mark_process_dead(w.process.pid, self._metrics_dir)
@@ -346,10 +318,3 @@ class Supervisor:
         for w in self._workers.values():
             if w.process.pid is not None:
                 yield w.process.pid
-
-
-def install_signal_handlers(on_stop: Callable[[], None], on_reload: Callable[[], None]) -> None:
-    """SIGTERM/SIGINT stop, SIGHUP reloads: never the default actions (exit at once)."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _sig, _frame: on_stop())
-    signal.signal(signal.SIGHUP, lambda _sig, _frame: on_reload())

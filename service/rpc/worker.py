@@ -12,24 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from typing import Any
 
 from service.config import ServerConfig
+from service.errors import ModelLoadError
+from service.logs import configure_logging
+from service.rpc.process import Signals, make_store, serve_until_signal, start_reloader
+from service.rpc.server import build_server
 
 log = logging.getLogger(__name__)
 
 
 def run_worker(config: ServerConfig, index: int, processes: int, events: Any, all_ready: Any) -> None:
     """The worker's whole life; ends the process (exit 0 after a drain, 2 if its models are refused)."""
-    from service.errors import ModelLoadError
-    from service.rpc.main import configure_logging, make_store, serve_until_signal, start_reloader
-    from service.rpc.server import build_server
-    from service.rpc.supervisor import install_signal_handlers
-
     configure_logging(worker=index)
-    stop, reload = threading.Event(), threading.Event()
-    install_signal_handlers(stop.set, reload.set)
+    signals = Signals()
     store, metrics = make_store(config, processes)
     try:
         store.load_path(config.model, config.default_model)
@@ -49,7 +46,7 @@ def run_worker(config: ServerConfig, index: int, processes: int, events: Any, al
     )
     reloader = start_reloader(handle, config)
     events.put(("ready", index, os.getpid(), [m.name for m in store.models()], store.default_name))
-    serve_until_signal(handle, config, stop, reload, reloader)
+    serve_until_signal(handle, config, signals, reloader)
     logging.shutdown()
     # grpcio's own threads must not keep a drained worker alive.
     os._exit(0)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from service.bench import procs
+from bench import procs
 from service.errors import AeguardError
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def start_noop(
 ) -> ServerProcess:
     """The no-op server, one process: grpcio's sync server on ``workers`` threads, or ``grpc.aio``."""
     argv = [
-        sys.executable, "-m", "service.bench.noop", "--host", HOST, "--port", "0",
+        sys.executable, "-m", "bench.noop", "--host", HOST, "--port", "0",
         "--workers", str(workers), "--model-name", model_name, "--model-version", model_version,
         *(["--aio"] if aio else []),
     ]  # fmt: skip

@@ -4,7 +4,7 @@ It speaks the same messages as aeguard and answers ``Score`` / ``ScoreStream`` w
 ``ScoreResponse`` of the right size (one result per sample, or the columns when the request asks
 for them; typical field values) without scoring anything, so the difference to aeguard is what
 scoring, validation and metrics cost.
-Run it as ``python -m service.bench.noop --port 0``; it prints ``port=N`` once it listens.
+Run it as ``python -m bench.noop --port 0``; it prints ``port=N`` once it listens.
 
 Two forms, one process each: grpcio's synchronous server on a thread pool (the default), and with
 ``--aio`` a ``grpc.aio`` server whose handlers are coroutines on one event loop, like aeguard's.
@@ -119,7 +119,7 @@ async def serve_aio(host: str, port: int, *, model_name: str, model_version: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bench.noop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.noop", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = an ephemeral port, printed")
     parser.add_argument("--workers", type=int, default=8, help="thread-pool size (sync server)")

@@ -1,4 +1,4 @@
-"""Prometheus metric definitions for the server, on an explicit registry, and their HTTP endpoint.
+"""The metrics of one serving process (``--processes 1``, or one worker), on an explicit registry.
 
 Names follow docs (Metrics): ``aeguard_`` prefix, base units, histograms (not summaries), labels
 ``model_name``/``model_version``, no unbounded labels. Hot-path updates go through pre-bound label
@@ -8,7 +8,8 @@ Every metric works in prometheus-client's multiprocess mode, where each worker p
 values to files under ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor's ``/metrics`` adds them up.
 How each gauge aggregates across workers is stated in its help text (``multiprocess_mode``).
 Custom collectors cannot run inside workers in that mode, so score drift is published as window
-bin counts (:meth:`Metrics.publish_drift`) and turned into a PSI at scrape time (:class:`ScrapeView`).
+bin counts (:meth:`Metrics.publish_drift`) and turned into a PSI at scrape time
+(:class:`service.metrics.scrape.ScrapeView`).
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.drift import psi
 from service.model_store import LoadedModel
 from service.scorer import ScoreBatch
 
@@ -53,6 +49,8 @@ RPC_DURATION_BUCKETS = (
 )
 #: Samples per request, powers of 4 up to beyond the default batch limit.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+#: The labels of every per-model series.
+MODEL_LABELS = ("model_name", "model_version")
 #: Internal series from which the scrape computes ``aeguard_score_drift_psi``; never exposed.
 WINDOW_SERIES = "aeguard_score_window_samples"
 REFERENCE_SERIES = "aeguard_score_reference_share"
@@ -115,7 +113,17 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        mv = ["model_name", "model_version"]
+        self._define_rpc_series(registry)
+        self._define_score_series(registry)
+        self._define_model_series(registry)
+        self._define_drift_series(registry)
+        for result in ("ok", "failed"):  # exposed at 0 from the start, so increase() sees the first one
+            self.model_reloads.labels(result)
+        self._series: dict[tuple[str, str], _ModelSeries] = {}
+        self._series_lock = threading.Lock()
+        self._bounds = list(NORMALIZED_SCORE_BUCKETS)
+
+    def _define_rpc_series(self, registry: CollectorRegistry) -> None:
         self.rpc_requests = Counter(
             "aeguard_rpc_requests",
             "Finished RPCs by method and gRPC status code (summed over worker processes).",
@@ -136,18 +144,27 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.samples_scored = Counter("aeguard_samples_scored", "Samples scored.", mv, registry=registry)
-        self.anomalies = Counter(
-            "aeguard_anomalies",
-            "Scored samples whose severity is not 'none', by severity.",
-            [*mv, "severity"],
-            registry=registry,
-        )
         self.batch_size = Histogram(
             "aeguard_batch_size_samples",
             "Samples per request (streams: per message).",
             ["method"],
             buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "aeguard_auth_failures",
+            "Calls refused for a missing or invalid bearer token (reason: missing, invalid).",
+            ["reason"],
+            registry=registry,
+        )
+
+    def _define_score_series(self, registry: CollectorRegistry) -> None:
+        mv = MODEL_LABELS
+        self.samples_scored = Counter("aeguard_samples_scored", "Samples scored.", mv, registry=registry)
+        self.anomalies = Counter(
+            "aeguard_anomalies",
+            "Scored samples whose severity is not 'none', by severity.",
+            [*mv, "severity"],
             registry=registry,
         )
         self.normalized_score = Histogram(
@@ -157,6 +174,9 @@ class Metrics:
             buckets=NORMALIZED_SCORE_BUCKETS,
             registry=registry,
         )
+
+    def _define_model_series(self, registry: CollectorRegistry) -> None:
+        mv = MODEL_LABELS
         self.model_info = Gauge(
             "aeguard_model_info",
             "1 for each loaded model; with several worker processes, one series per worker (label pid), "
@@ -187,12 +207,9 @@ class Metrics:
             ["result"],
             registry=registry,
         )
-        self.auth_failures = Counter(
-            "aeguard_auth_failures",
-            "Calls refused for a missing or invalid bearer token (reason: missing, invalid).",
-            ["reason"],
-            registry=registry,
-        )
+
+    def _define_drift_series(self, registry: CollectorRegistry) -> None:
+        mv = MODEL_LABELS
         self.score_window = Gauge(
             WINDOW_SERIES,
             "Internal: recent scores per drift bin (summed over live workers); the scrape turns it "
@@ -208,11 +225,6 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        for result in ("ok", "failed"):  # exposed at 0 from the start, so increase() sees the first one
-            self.model_reloads.labels(result)
-        self._series: dict[tuple[str, str], _ModelSeries] = {}
-        self._series_lock = threading.Lock()
-        self._bounds = list(NORMALIZED_SCORE_BUCKETS)
 
     # -- request path -----------------------------------------------------------------------------
     def rpc(self, method: str) -> RpcSeries:
@@ -299,83 +311,3 @@ class Metrics:
     def series_snapshot(self) -> list[_ModelSeries]:
         with self._series_lock:
             return list(self._series.values())
-
-
-#: (model_name, model_version) -> bin index -> value
-_Bins = dict[tuple[str, str], dict[int, float]]
-
-
-class ScrapeView(Collector):
-    """What ``/metrics`` shows: the source's families, with drift computed and retired series dropped.
-
-    ``sources`` are the process's own registry, or a registry holding a ``MultiProcessCollector``
-    over every worker's files plus the supervisor's own registry. The window and reference bin
-    series become one ``aeguard_score_drift_psi`` gauge per model version: the PSI of the summed
-    windows (every worker's most recent scores) against the calibration shares, NaN below
-    ``min_samples`` scores.
-    """
-
-    def __init__(
-        self, sources: Sequence[Any], min_samples: int, before: Callable[[], None] | None = None
-    ) -> None:
-        self._sources = list(sources)
-        self._min_samples = min_samples
-        self._before = before
-
-    def collect(self) -> Iterator[Metric]:
-        if self._before is not None:
-            self._before()
-        window: _Bins = defaultdict(dict)
-        reference: _Bins = defaultdict(dict)
-        for family in (f for source in self._sources for f in source.collect()):
-            if family.name in (WINDOW_SERIES, REFERENCE_SERIES):
-                into = window if family.name == WINDOW_SERIES else reference
-                for s in family.samples:
-                    key = (s.labels["model_name"], s.labels["model_version"])
-                    into[key][int(s.labels["bin"])] = s.value
-                continue
-            family.samples = [s for s in family.samples if not _retired(family.name, s.value)]
-            yield family
-        yield self._drift(window, reference)
-
-    def _drift(
-        self,
-        window: dict[tuple[str, str], dict[int, float]],
-        reference: dict[tuple[str, str], dict[int, float]],
-    ) -> GaugeMetricFamily:
-        gauge = GaugeMetricFamily(
-            "aeguard_score_drift_psi",
-            "PSI of the recent score window (every worker's most recent scores together) vs the "
-            "model's calibration score distribution (0 = none, > 0.2 significant; NaN until the "
-            "window has enough scores).",
-            labels=["model_name", "model_version"],
-        )
-        for key, shares in sorted(reference.items()):
-            if not shares or any(v == RETIRED for v in shares.values()):
-                continue
-            bins = range(max(shares) + 1)
-            expected = np.array([shares.get(i, 0.0) for i in bins])
-            counts = np.array([window.get(key, {}).get(i, 0.0) for i in bins])
-            total = counts.sum()
-            value = math.nan if total < max(self._min_samples, 1) else psi(counts / total, expected)
-            gauge.add_metric(list(key), value)
-        return gauge
-
-
-def _retired(name: str, value: float) -> bool:
-    if name == "aeguard_model_info":
-        return value == 0
-    return value == RETIRED
-
-
-def scrape_registry(view: ScrapeView) -> CollectorRegistry:
-    """A registry holding only ``view``, for the HTTP endpoint."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(view)
-    return registry
-
-
-def serve_http(registry: CollectorRegistry, host: str, port: int) -> tuple[Any, int]:
-    """Start the /metrics HTTP server in a daemon thread; return it and its bound port."""
-    httpd, _thread = start_http_server(port, addr=host, registry=registry)
-    return httpd, int(httpd.server_port)

@@ -2,7 +2,7 @@
 
 MLServer lives in its own virtual environment (``.venv-mlserver``, which `make bench-peers`
 creates: its protobuf major version differs from ours) and serves the file through the small
-runtime in :mod:`service.bench.mlserver_runtime`, in two configurations:
+runtime in :mod:`bench.mlserver_runtime`, in two configurations:
 
 - default settings, except ``debug: false`` (its default logs every request);
 - its best one here: ``parallel_workers: 0`` (inference in the server process) plus adaptive
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.bench import loadgen, report, targets, wire
-from service.bench.servers import HOST, ServerProcess, free_port, start_aeguard, start_noop
-from service.bench.serving import (
+from bench import loadgen, report, targets, wire
+from bench.servers import HOST, ServerProcess, free_port, start_aeguard, start_noop
+from bench.serving import (
     Side,
     Workload,
     aeguard_processes,

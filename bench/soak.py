@@ -1,4 +1,4 @@
-"""`make soak` (`python -m service.bench.soak`): mixed load for minutes, watching every process.
+"""`make soak` (`python -m bench.soak`): mixed load for minutes, watching every process.
 
 ``aeguard serve`` with its default ``--processes`` gets 64 calls in flight for ``--duration-s``
 (10 minutes by default), mixed: unary batch 1, unary batch 256, and ScoreStreams of batch 1 and
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bench import loadgen, procs
-from service.bench.servers import ServerProcess, start_aeguard
+from bench import loadgen, procs
+from bench.servers import ServerProcess, start_aeguard
 from service.config import ServerConfig
 from service.errors import AeguardError
 
-log = logging.getLogger("service.bench.soak")
+log = logging.getLogger("bench.soak")
 
 #: The mix, as shares of the calls in flight: (method, rows per request, share).
 MIX = [("Score", 1, 0.625), ("Score", 256, 0.125), ("ScoreStream", 1, 0.125), ("ScoreStream", 256, 0.125)]
@@ -66,7 +66,7 @@ class Series:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m service.bench.soak", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     p.add_argument(
         "--model", type=Path, help="model to serve (default: models/default.onnx, trained if missing)"
     )
@@ -142,7 +142,7 @@ def _sample(server: ServerProcess, series: dict[int, Series], t: float) -> None:
 
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
-    from service.bench.model import ensure_model
+    from bench.model import ensure_model
     from service.scorer import Scorer
 
     model = ensure_model(args.model)

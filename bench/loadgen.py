@@ -2,7 +2,7 @@
 
 Each client process runs grpc.aio with a fixed number of calls in flight, so one process can keep
 many requests outstanding without a thread per request. Requests are serialized once, up front,
-and sent as bytes (:mod:`service.bench.wire`), so the same generator drives aeguard, the no-op
+and sent as bytes (:mod:`bench.wire`), so the same generator drives aeguard, the no-op
 servers and MLServer's V2 protocol at the same client cost. Each process opens several channels
 (separate TCP connections: a server's ``SO_REUSEPORT`` workers are balanced per connection, not
 per call) and spreads its calls over them round-robin. Processes are started once and reused for
@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.bench import wire
+from bench import wire
 
 #: Deadline of one call, and the bound on waiting for a client process.
 CALL_TIMEOUT_S = 30.0

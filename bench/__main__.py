@@ -1,11 +1,11 @@
-"""`python -m service.bench` (`make bench`): serving throughput and latency against its floors.
+"""`python -m bench` (`make bench`): serving throughput and latency against its floors.
 
 The same run measures aeguard (``aeguard serve`` with its default processes and with one), two
 no-op servers with the same messages (the transport floor: grpcio's sync server and ``grpc.aio``),
 aeguard with the micro-batcher on, and in-process onnxruntime on the same model (the compute
 limit), driven by one load generator in separate client processes, and prints the ratios and the
-issue's targets. The batch job's figures (``service/bench/batch.py``) follow. ``--only peers``
-(`make bench-peers`) measures Seldon MLServer beside aeguard instead (:mod:`service.bench.peers`).
+issue's targets. The batch job's figures (``bench/batch.py``) follow. ``--only peers``
+(`make bench-peers`) measures Seldon MLServer beside aeguard instead (:mod:`bench.peers`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.bench import loadgen
+from bench import loadgen
 from service.errors import AeguardError
 
-log = logging.getLogger("service.bench")
+log = logging.getLogger("bench")
 
 
 def _ints(text: str) -> list[int]:
@@ -41,7 +41,7 @@ def _ints_or_none(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument(
         "--only",
         choices=["server", "batch", "peers"],
@@ -122,28 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if args.only in (None, "server"):
-            from service.bench.model import ensure_model
-            from service.bench.serving import run_server_bench
+            from bench.model import ensure_model
+            from bench.serving import run_server_bench
 
             model = ensure_model(args.model)
             doc["server"] = run_server_bench(model, args, log_dir=args.out_dir / "logs")
         if args.only == "peers":
-            from service.bench.model import ensure_model
-            from service.bench.peers import run_peers_bench
+            from bench.model import ensure_model
+            from bench.peers import run_peers_bench
 
             doc["peers"] = run_peers_bench(ensure_model(args.model), args, log_dir=args.out_dir / "logs")
         if args.only in (None, "batch"):
-            if importlib.util.find_spec("service.bench.batch") is None:
-                print("\nbatch benchmark: service/bench/batch.py is not present yet; skipped")
+            if importlib.util.find_spec("bench.batch") is None:
+                print("\nbatch benchmark: bench/batch.py is not present yet; skipped")
                 doc["batch"] = None
             else:
-                from service.bench.batch import run_batch_bench
+                from bench.batch import run_batch_bench
 
                 doc["batch"] = run_batch_bench()
     except AeguardError as exc:
         print(f"bench: error: {exc.message}", file=sys.stderr)
         return 2
-    from service.bench.report import write_json
+    from bench.report import write_json
 
     doc["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
 

@@ -4,7 +4,7 @@ Every server runs at once, each on its own loopback port, and one pool of client
 them in interleaved rounds: within a round each workload is measured on every server in turn, and
 the order is reversed every other round, so a burst of outside load hits every server alike.
 Ratios are taken round by round (aeguard against the faster no-op of the same round) and their
-median is reported. ``make bench-peers`` (:mod:`service.bench.peers`) uses the same machinery with
+median is reported. ``make bench-peers`` (:mod:`bench.peers`) uses the same machinery with
 MLServer as extra sides.
 """
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bench import loadgen, procs, report, targets
-from service.bench.inprocess import measure_in_process
-from service.bench.servers import ServerProcess, make_tls_material, start_aeguard, start_noop
+from bench import loadgen, procs, report, targets
+from bench.inprocess import measure_in_process
+from bench.servers import ServerProcess, make_tls_material, start_aeguard, start_noop
 from service.config import ServerConfig
 from service.errors import AeguardError
 from service.scorer import Scorer

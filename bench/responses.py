@@ -1,4 +1,4 @@
-"""`python -m service.bench.responses`: what building and reading a ScoreResponse costs, per form.
+"""`python -m bench.responses`: what building and reading a ScoreResponse costs, per form.
 
 No sockets: the server's share (``convert.score_response`` plus the serialisation grpcio does)
 and the client's share (parse plus numpy arrays) of one response, for per-sample results and
@@ -156,7 +156,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.bench.responses", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.responses", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, help="model file (default: models/default.onnx, trained if missing)")
     p.add_argument("--batch-rows", default="1,64,4096", help="comma-separated batch sizes")
     p.add_argument("--repeat", type=int, default=5, help="timing loops per figure; the fastest is reported")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batch-rows: expected comma-separated integers, got {args.batch_rows!r}")
     if not sizes or min(sizes) < 1 or args.repeat < 1:
         p.error("--batch-rows and --repeat must be positive")
-    from service.bench.model import ensure_model
+    from bench.model import ensure_model
 
     try:
         model = ensure_model(args.model)
