@@ -220,6 +220,36 @@ def in_process_side(scorer: Scorer) -> Side:
     return Side("in_process", "in-proc", None, measure=measure)
 
 
+def add_optional_sides(sides: list[Side], model: Path, log_dir: Path, args: argparse.Namespace) -> None:
+    """Start aeguard N with micro-batching (``--micro-batch``) and with TLS and a token (``--tls``).
+
+    Each is appended to ``sides`` as soon as it runs, so the caller stops it whatever fails next.
+    """
+    if args.micro_batch:
+        mb = start_aeguard(
+            model, log_dir, args.server_arg, name="aeguard N micro-batch",
+            args=("--micro-batch-rows", str(MICRO_BATCH_ROWS), "--micro-batch-delay-ms", "1"),
+        )  # fmt: skip
+        sides.append(Side("ae_mb", f"ae N mb{MICRO_BATCH_ROWS} 1ms", mb, applies=targets.is_micro_batch_cell))
+    if args.tls:
+        cert, key, tokens, token = make_tls_material(log_dir / "tls")
+        secured = start_aeguard(
+            model, log_dir, args.server_arg, name="aeguard N TLS and token",
+            args=("--tls-cert", str(cert), "--tls-key", str(key), "--auth-tokens-file", str(tokens),
+                  "--health-port", "0"),
+        )  # fmt: skip
+        sides.append(
+            Side(
+                "ae_tls",
+                "ae N TLS+token",
+                secured,
+                applies=targets.is_batch_one_cell,
+                tls_ca=str(cert),
+                token=token,
+            )
+        )
+
+
 def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> dict[str, Any]:
     """Measure every workload on every server and in-process; print the tables; return the record."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -233,31 +263,7 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
     sides: list[Side] = []
     try:
         sides = base_sides(model, log_dir, args, meta, args.noop_workers)
-        if args.micro_batch:
-            mb = start_aeguard(
-                model, log_dir, args.server_arg, name="aeguard N micro-batch",
-                args=("--micro-batch-rows", str(MICRO_BATCH_ROWS), "--micro-batch-delay-ms", "1"),
-            )  # fmt: skip
-            sides.append(
-                Side("ae_mb", f"ae N mb{MICRO_BATCH_ROWS} 1ms", mb, applies=targets.is_micro_batch_cell)
-            )
-        if args.tls:
-            cert, key, tokens, token = make_tls_material(log_dir / "tls")
-            secured = start_aeguard(
-                model, log_dir, args.server_arg, name="aeguard N TLS and token",
-                args=("--tls-cert", str(cert), "--tls-key", str(key), "--auth-tokens-file", str(tokens),
-                      "--health-port", "0"),
-            )  # fmt: skip
-            sides.append(
-                Side(
-                    "ae_tls",
-                    "ae N TLS+token",
-                    secured,
-                    applies=targets.is_batch_one_cell,
-                    tls_ca=str(cert),
-                    token=token,
-                )
-            )
+        add_optional_sides(sides, model, log_dir, args)
         start_sides(sides)
         processes = aeguard_processes(sides)
         print(

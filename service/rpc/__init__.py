@@ -1,1 +1,1 @@
-"""The gRPC transport: servicer, converters, interceptors, server wiring and the `serve` command."""
+"""The gRPC transport: servicer, converters, instrumented handlers, server wiring and the `serve` command."""

@@ -1,8 +1,9 @@
 """`aeguard serve`: read the config, load the models, serve until SIGTERM/SIGINT, drain, exit 0.
 
 ``--processes 1``: one process binds the ports (health NOT_SERVING), loads and warms up every model,
-then says SERVING. More processes: :mod:`service.rpc.supervisor` starts the workers. Either way,
-once serving, one JSON line goes to stdout with the bound ports (``{"event": "serving", "port":
+then says SERVING. More processes: :mod:`service.rpc.supervisor` starts the workers. Every serving
+process lives by :mod:`service.rpc.process` (signals, store, reloader, drain). Once serving, either
+way, one JSON line goes to stdout with the bound ports (``{"event": "serving", "port":
 ..., "metrics_port": ...}``) for scripts and tests. Logs are JSON lines on stderr. SIGHUP never
 stops the server.
 """
@@ -32,9 +33,6 @@ from service.rpc.server import build_server
 from service.rpc.supervisor import Supervisor, available_cpus
 
 log = logging.getLogger(__name__)
-
-#: Re-exported for `aeguard demo`, which serves the same way.
-__all__ = ["Serving", "add_arguments", "configure_logging", "run", "serve"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
