@@ -6,11 +6,10 @@ and during a drain.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from service import errors
 from service.auth import TokenFile
@@ -20,8 +19,6 @@ from service.logs import RateLimitedLog
 UNAUTHENTICATED_MESSAGE = "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'"
 #: Methods open without a token: probes must reach health whatever the token settings.
 OPEN_PREFIX = "/grpc.health.v1.Health/"
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,13 +41,13 @@ class Admission:
         calls: ServerCalls,
         auth: TokenFile | None,
         is_open: bool,
-        failures: Any,
+        failures: Counter,
         client_errors: RateLimitedLog,
     ) -> None:
         self.calls = calls
         self._auth = None if is_open else auth
         self._is_open = is_open
-        self._failures = failures  # the aeguard_auth_failures counter
+        self._failures = failures  # aeguard_auth_failures, by reason
         self._client_errors = client_errors
 
     def check(self, context: grpc.aio.ServicerContext) -> None:

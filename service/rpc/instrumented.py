@@ -64,11 +64,11 @@ class InstrumentedServer:
         wrapped = self._wrapped.get(full_method)
         if wrapped is None:
             is_open = full_method.startswith(OPEN_PREFIX)
-            guard = Admission(
+            admission = Admission(
                 self.calls, self._auth, is_open, self._metrics.auth_failures, self.client_errors
             )
             wrapped = self._wrapped[full_method] = _wrap(
-                self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler, self.client_errors, guard
+                self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler, self.client_errors, admission
             )
         return wrapped
 
@@ -84,34 +84,34 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
 
 
 def _wrap(
-    series: RpcSeries, handler: grpc.RpcMethodHandler, client_errors: RateLimitedLog, guard: Admission
+    series: RpcSeries, handler: grpc.RpcMethodHandler, client_errors: RateLimitedLog, admission: Admission
 ) -> Any:
     handler = handler._replace(
         request_deserializer=lenient(handler.request_deserializer, request_type_name(handler))
     )
     if handler.unary_unary:
-        return handler._replace(unary_unary=_unary(handler.unary_unary, series, client_errors, guard))
+        return handler._replace(unary_unary=_unary(handler.unary_unary, series, client_errors, admission))
     if handler.unary_stream:
         return handler._replace(
-            unary_stream=_streaming(handler.unary_stream, series, False, client_errors, guard)
+            unary_stream=_streaming(handler.unary_stream, series, False, client_errors, admission)
         )
     if handler.stream_stream:
         return handler._replace(
-            stream_stream=_streaming(handler.stream_stream, series, True, client_errors, guard)
+            stream_stream=_streaming(handler.stream_stream, series, True, client_errors, admission)
         )
     if handler.stream_unary:
         return handler._replace(
-            stream_unary=_client_streaming(handler.stream_unary, series, client_errors, guard)
+            stream_unary=_client_streaming(handler.stream_unary, series, client_errors, admission)
         )
     return handler
 
 
 def _unary(
-    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: Admission
+    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, admission: Admission
 ) -> Any:
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
-    calls = guard.calls
+    calls = admission.calls
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = calls.last_start = perf_counter()
@@ -119,7 +119,7 @@ def _unary(
         calls.active += 1
         cancelled = False
         try:
-            guard.check(context)
+            admission.check(context)
             check_decoded(request, series.method, client_errors)
             return await behavior(request, context)
         except AbortError:
@@ -139,9 +139,9 @@ def _unary(
 
 
 def _client_streaming(
-    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, guard: Admission
+    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, admission: Admission
 ) -> Any:
-    unary = _unary(behavior, series, client_errors, guard)
+    unary = _unary(behavior, series, client_errors, admission)
 
     async def handle(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         return await unary(_checked(request_iterator, series, client_errors), context)
@@ -162,7 +162,7 @@ def _streaming(
     series: RpcSeries,
     stream_in: bool,
     client_errors: RateLimitedLog,
-    guard: Admission,
+    admission: Admission,
 ) -> Any:
     """Streams: latency is per message, from taking a request to yielding its response.
 
@@ -171,10 +171,10 @@ def _streaming(
     """
     if not inspect.isasyncgenfunction(behavior):
         # A coroutine that answers with context.write (grpc's aio health Watch): timed as a whole.
-        return _unary(behavior, series, client_errors, guard)
+        return _unary(behavior, series, client_errors, admission)
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
-    calls = guard.calls
+    calls = admission.calls
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started: collections.deque[float] = collections.deque()
@@ -183,7 +183,7 @@ def _streaming(
         calls.active += 1
         cancelled = False
         try:
-            guard.check(context)
+            admission.check(context)
             if stream_in:
                 request = _timed(request, started, series, client_errors)
             else:
