@@ -18,6 +18,7 @@ from typing import Protocol
 
 from service.artifact import ModelMetadata
 from service.drift import ScoreDrift
+from service.files import permission_problem
 from service.errors import ModelLoadError, ModelNotFoundError, NotReadyError, list_some, truncate
 from service.scorer import Scorer
 
@@ -163,6 +164,9 @@ class ModelStore:
         failed and why. Remembers ``path``, which :meth:`update` names if it must choose a new default.
         """
         path = Path(path)
+        problem = permission_problem(path)
+        if problem:
+            raise ModelLoadError(f"{path}: {problem}")
         if path.is_dir():
             files = model_files_in(path)
             if not files:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service import artifact
+from service import artifact, files
 from service.artifact import ModelMetadata
 from service.errors import InvalidInputError, ModelLoadError
 from service.windows import WindowSpec
@@ -129,6 +129,9 @@ class Scorer:
         """Load, validate and warm up a model file; raise :class:`ModelLoadError` with advice."""
         path = Path(path)
         source = str(path)
+        problem = files.permission_problem(path)
+        if problem:
+            raise ModelLoadError(f"{source}: {problem}")
         if not path.is_file():
             raise ModelLoadError(f"{source}: no such model file")
         opts = ort.SessionOptions()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ import torch
 from service import artifact
 from service.artifact import ModelMetadata
 from service.errors import AeguardError
+from service.files import write_atomic
 from training import defaults
 from training.model import ScoringGraph
 
@@ -118,7 +116,7 @@ def write_model(
     out_path: str | Path,
     extra_props: dict[str, str] | None = None,
 ) -> Path:
-    """Attach the metadata and write the model atomically (temporary file, then rename).
+    """Attach the metadata and write the model atomically (temporary file, then rename), mode as umask gives.
 
     Parameters
     ----------
@@ -147,15 +145,5 @@ def write_model(
         extra.key, extra.value = key, value
     model.producer_name = "aeguard"
     model.doc_string = f"aeguard model {metadata.name} {metadata.version}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(out, model.SerializeToString())
     return out
