@@ -39,17 +39,25 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-# Debian packages the system tests run for real: Prometheus (with promtool) and the Pushgateway.
-# Installed when missing and we are root (as on CI); otherwise the command to run is printed.
+# Debian packages the system tests run for real: Prometheus (with promtool) and the Pushgateway; and
+# podman, runc and debootstrap, with which tests/test_container.py builds and runs the image (a Debian
+# stand-in for python:3.11-slim-bookworm where Docker Hub is out of reach: deploy/podman-base-image.sh).
+# Installed when missing and we are root (as on CI); otherwise the command to run is printed, and
+# without podman the container test skips itself.
 SYSTEM_TOOLS := prometheus promtool prometheus-pushgateway
+CONTAINER_TOOLS := podman runc debootstrap
 
 system-deps:
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	@missing=$$(for t in $(SYSTEM_TOOLS) $(CONTAINER_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	      prometheus prometheus-pushgateway; \
-	  else echo "missing: $$missing; run: sudo apt-get install prometheus prometheus-pushgateway" >&2; exit 1; fi; \
+	      prometheus prometheus-pushgateway $(CONTAINER_TOOLS); \
+	  else \
+	    echo "missing: $$missing; run: sudo apt-get install prometheus prometheus-pushgateway $(CONTAINER_TOOLS)" >&2; \
+	    for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || exit 1; done; \
+	    echo "without podman, tests/test_container.py is skipped" >&2; \
+	  fi; \
 	fi
 
 # The whole suite, slow tiers included (CI runs exactly this).

@@ -83,15 +83,17 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model (``tiny.onnx``) trained on the tiny data set's normal rows in a few seconds.
+    """A real model (``models/tiny.onnx``) trained on the tiny data set's normal rows in a few seconds.
 
     Thresholds ``warning`` (q0.95) and ``critical`` (q0.999) on held-out normal rows. The
-    file is shared by the whole session: copy it before modifying it.
+    file is shared by the whole session: copy it before modifying it. Its directory ``models/`` is
+    made by the trainer, as `aeguard train --out models/NAME.onnx` makes it (the container test
+    mounts it as it is).
     """
     from training.api import TrainOptions, train_model
     from training.fit import FitConfig
 
-    out = tmp_path_factory.mktemp("tiny_model") / "tiny.onnx"
+    out = tmp_path_factory.mktemp("tiny_model") / "models" / "tiny.onnx"
     options = TrainOptions(
         name="tiny",
         version="1",
