@@ -65,7 +65,7 @@ def permission_problem(path: str | Path) -> str | None:
     return (
         f"permission denied: {what} is not readable by this process ({owner}; this process runs as "
         f"uid {os.geteuid()} gid {os.getegid()}); let uid {os.geteuid()} {need} it "
-        f"(e.g. `{fix} {blocked}` on the host, or run as its owner)"
+        f"(e.g. `{fix} {blocked}` where it lives, or run as its owner)"
     )
 
 
