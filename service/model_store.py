@@ -18,8 +18,8 @@ from typing import Protocol
 
 from service.artifact import ModelMetadata
 from service.drift import ScoreDrift
-from service.files import permission_problem
 from service.errors import ModelLoadError, ModelNotFoundError, NotReadyError, list_some, truncate
+from service.files import permission_problem
 from service.scorer import Scorer
 
 log = logging.getLogger(__name__)
