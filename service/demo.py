@@ -36,7 +36,7 @@ def ensure_default_model(path: Path, retrain: bool = False) -> Path:
     if path.exists() and not retrain:
         log.info("using the existing default model", extra={"path": str(path)})
         return path
-    from training.default import build_default_model  # needs the 'train' extra (torch)
+    from training.builtin import build_default_model  # needs the 'train' extra (torch)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # About 5 to 15 s on one core (three small networks on 7 200 rows); the finished line gives the figure.

@@ -1,7 +1,7 @@
 """Synthetic rows from a variational autoencoder's file, with onnxruntime only (no torch, no training/).
 
 The generator is the second ONNX model a VAE's file carries in its metadata
-(:data:`service.artifact.GENERATOR_KEY`); see :mod:`training.vae_export` for how it is written.
+(:data:`service.artifact.GENERATOR_KEY`); see :mod:`training.export.generator` for how it is written.
 """
 
 from __future__ import annotations

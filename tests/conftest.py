@@ -91,7 +91,7 @@ def tiny_model_path(tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPath
     mounts it as it is).
     """
     from training.api import TrainOptions, train_model
-    from training.fit import FitConfig
+    from training.fitting.fit import FitConfig
 
     out = tmp_path_factory.mktemp("tiny_model") / "models" / "tiny.onnx"
     options = TrainOptions(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from training.benchmark_data import list_npz, load_dataset, novelty_split
+from training.benchmark.data import list_npz, load_dataset, novelty_split
 
 
 def _write_npz(path: Path, n_normal: int, n_anomaly: int, d: int, seed: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from service.cli import main
-from training.benchmark_detectors import DETECTORS, build_detector
+from training.benchmark.detectors import DETECTORS, build_detector
 
 PEERS = ("lunar", "deepsvdd", "dif")
 

@@ -7,8 +7,8 @@ import pytest
 
 from service.cli import main
 from service.errors import InvalidInputError
-from training.benchmark_semi import TEST_FRACTION, parse_fractions, semi_supervised_split
-from training.data import UNLABELLED
+from training.benchmark.semi import TEST_FRACTION, parse_fractions, semi_supervised_split
+from training.data.tables import UNLABELLED
 
 
 def labels(n_normal: int, n_anomalies: int) -> np.ndarray:

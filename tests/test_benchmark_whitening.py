@@ -7,8 +7,9 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from training import defaults
-from training.fit import FitConfig, error_whitening, fit_autoencoder
-from training.model import Autoencoder, ScoringGraph
+from training.fitting.fit import FitConfig, error_whitening, fit_autoencoder
+from training.models.ae import Autoencoder, ScoringGraph
+from training.registry import ARCHITECTURES
 
 
 def test_whitening_matrix_is_the_inverse_square_root_of_the_residual_covariance() -> None:
@@ -37,7 +38,7 @@ def test_whitened_score_is_about_one_on_normal_rows_and_large_off_the_pattern() 
     x = np.hstack([latent, latent @ np.array([[1.0, 0.5], [0.3, -1.0]]), 0.1 * rng.normal(size=(3000, 2))])
     x = x.astype(np.float32)
     config = FitConfig(hidden=[16], coding_size=2, max_epochs=40, seed=0, activation="elu")
-    fitted = fit_autoencoder(x[:2000], x[2000:2500], config)
+    fitted = fit_autoencoder(x[:2000], x[2000:2500], config, build=ARCHITECTURES[config.architecture].build)
     assert fitted.error_whitening is not None and fitted.error_whitening.shape == (6, 6)
     graph = ScoringGraph(
         fitted.model,
@@ -62,6 +63,7 @@ def test_plain_squared_error_when_whitening_is_off() -> None:
         x[:200],
         x[200:],
         FitConfig(hidden=[8], coding_size=2, max_epochs=3, whiten_errors=False, activation="elu"),
+        build=ARCHITECTURES["ae"].build,
     )
     assert fitted.error_whitening is None
     graph = ScoringGraph(Autoencoder(5, [8], 2), torch.zeros(5), torch.ones(5)).eval()
@@ -84,5 +86,5 @@ def test_step_budget_ends_training_of_large_sets_early() -> None:
         max_steps=60,
         activation="elu",
     )
-    fitted = fit_autoencoder(x[:2500], x[2500:], config)
+    fitted = fit_autoencoder(x[:2500], x[2500:], config, build=ARCHITECTURES[config.architecture].build)
     assert len(fitted.train_loss) == 3  # 25 steps an epoch: the budget of 60 ends it after epoch 3

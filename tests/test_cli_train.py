@@ -135,7 +135,7 @@ def test_default_model_via_cli(tmp_path, capsys):
     assert meta.name == "telemetry-default" and meta.n_features == 12
     assert meta.coding_size < meta.n_features
     assert "ROC-AUC" in capsys.readouterr().out
-    from training.data import load_dataset
+    from training.data.tables import load_dataset
 
     loaded = load_dataset(data, label_column="label", exclude_columns="timestamp,anomaly_kind")
     assert loaded.feature_names == meta.feature_names

@@ -32,7 +32,7 @@ SAMPLES = 16
 
 def _train(tiny_dataset, out: Path, *, version: str, seed: int, columns=None, coding_size=2, **extra) -> Path:
     from training.api import TrainOptions, train_model
-    from training.fit import FitConfig
+    from training.fitting.fit import FitConfig
 
     cols = columns or list(range(8))
     options = TrainOptions(

@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score
 from service.cli import main
 from service.errors import DataError
 from service.scorer import Scorer
-from training.data import UNLABELLED, load_dataset
-from training.semi import CALIBRATED_ON_LABELLED, make_semi_splits, reconstruction_evidence
-from training.semi_model import positive_softplus
+from training.data.tables import UNLABELLED, load_dataset
+from training.fitting.semi import CALIBRATED_ON_LABELLED, make_semi_splits, reconstruction_evidence
+from training.models.semi import positive_softplus
 
 QUICK = [
     "--hidden",
@@ -94,7 +94,7 @@ def test_the_servers_scorer_loads_it_unchanged_and_anomalies_score_higher(semi_m
 
 def test_feature_errors_still_come_from_the_reconstruction(tiny_dataset, tmp_path):
     from training.api import TrainOptions, train_model
-    from training.fit import FitConfig
+    from training.fitting.fit import FitConfig
 
     options = TrainOptions(
         fit=FitConfig(hidden=[16], coding_size=2, activation="tanh", max_epochs=15), semi_supervised=True

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.errors import DataError, InvalidInputError
-from training.calibrate import (
+from training.calibration.thresholds import (
     ThresholdSpec,
     compute_thresholds,
     parse_threshold_spec,

@@ -11,8 +11,10 @@ from service.cli import main
 from service.errors import DataError
 from service.scorer import Scorer
 from training.api import TrainOptions, build_graph, graph_scores, set_threads, train_model
-from training.crossfit import crossfit, plan_crossfit
-from training.fit import FitConfig
+from training.data.folds import plan_crossfit
+from training.fitting.crossfit import crossfit
+from training.fitting.fit import FitConfig
+from training.registry import ARCHITECTURES
 
 #: Small and quick: the tests check where rows go, not how well the networks learn.
 QUICK = FitConfig(hidden=[16], coding_size=3, member_coding_sizes=None, max_epochs=8, activation="tanh,gelu")
@@ -62,7 +64,7 @@ def test_each_row_is_scored_by_networks_fitted_on_other_rows(tiny_dataset) -> No
         return graph_scores(build_graph(fits), rows)
 
     set_threads()  # as train_model does: one torch thread
-    result = crossfit(x, plan, config, score)
+    result = crossfit(x, plan, config, score, build=ARCHITECTURES["ae"].build)
     assert len(seen) == 3
     for (mean, rows), fold in zip(seen, plan.folds, strict=True):
         assert np.array_equal(rows, x[fold.scored])

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.errors import DataError
-from training.data import check_matrix, load_dataset
+from training.data.tables import check_matrix, load_dataset
 
 
 def write(tmp_path, name, text):

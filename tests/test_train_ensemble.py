@@ -11,9 +11,9 @@ from service.errors import InvalidInputError
 from service.scorer import Scorer
 from training import defaults
 from training.api import TrainOptions, graph_scores, train_model
-from training.export import check_parity, to_onnx
-from training.fit import FitConfig, member_configs
-from training.model import ACTIVATIONS, Autoencoder, ScoringGraph
+from training.export.onnx import check_parity, to_onnx
+from training.fitting.fit import FitConfig, member_configs
+from training.models.ae import ACTIVATIONS, Autoencoder, ScoringGraph
 
 
 def test_one_member_per_activation_each_with_its_own_seed() -> None:

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from service import artifact
-from training import export
+from training.export import onnx as export
 
 
 def test_every_output_follows_the_batch_size(tiny_model_path):

@@ -11,10 +11,10 @@ import torch
 from service.errors import DataError, InvalidInputError
 from service.scorer import Scorer
 from training.api import TrainOptions, graph_scores, train_model
-from training.export import ExportError, check_parity, to_onnx
-from training.fit import FitConfig
-from training.model import Autoencoder, ScoringGraph
-from training.splits import make_splits
+from training.data.splits import make_splits
+from training.export.onnx import ExportError, check_parity, to_onnx
+from training.fitting.fit import FitConfig
+from training.models.ae import Autoencoder, ScoringGraph
 
 
 def quick(**fit) -> TrainOptions:

@@ -8,8 +8,8 @@ import numpy as np
 
 from service.cli import main
 from training.api import TrainOptions, train_model
-from training.fit import FitConfig
-from training.report import write_report
+from training.fitting.fit import FitConfig
+from training.report.html import write_report
 
 
 def test_report_without_labels(tiny_dataset, tmp_path):

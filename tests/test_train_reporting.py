@@ -15,8 +15,8 @@ from service.artifact import Threshold, describe_threshold
 from service.cli import main
 from training import defaults
 from training.api import TrainOptions, train_model
-from training.fit import FitConfig
-from training.report import learning_curves_figure
+from training.fitting.fit import FitConfig
+from training.report.html import learning_curves_figure
 
 QUICK = ["--hidden", "16", "--coding-size", "2", "--max-epochs", "12", "--patience", "4", "--no-progress"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data import load_dataset
-from training.simulator import ANOMALY_KINDS, FEATURES, SimulatorConfig, simulate_telemetry
+from training.data.simulator import ANOMALY_KINDS, FEATURES, SimulatorConfig, simulate_telemetry
+from training.data.tables import load_dataset
 
 
 def test_deterministic_and_labelled():

@@ -20,10 +20,11 @@ from service.rpc.server import ServerHandle, build_server
 from service.sample import generate, load_generator
 from service.scorer import Scorer
 from training.api import TrainOptions, TrainResult, train_model
-from training.fit import FitConfig, fit_autoencoder
-from training.report import write_report
-from training.vae import VariationalAutoencoder, kl_weight_at
-from training.vae_report import generated_rows
+from training.fitting.fit import FitConfig, fit_autoencoder
+from training.models.vae import VariationalAutoencoder, kl_weight_at
+from training.registry import ARCHITECTURES
+from training.report.html import write_report
+from training.report.vae import generated_rows
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_kl_weight_warms_up_and_early_stopping_waits_for_it(tiny_dataset):
         kl_warmup_epochs=7,
         seed=0,
     )
-    fit = fit_autoencoder(x[:400], x[400:], config)
+    fit = fit_autoencoder(x[:400], x[400:], config, build=ARCHITECTURES[config.architecture].build)
     assert isinstance(fit.model, VariationalAutoencoder)
     assert len(fit.train_loss) >= 7
     assert all(np.isfinite(fit.validation_loss))
@@ -192,7 +193,7 @@ def test_benchmark_row_aeguard_vae_scores_through_its_onnx_file(tiny_dataset):
     the service's scorer from the exported file."""
     from sklearn.metrics import roc_auc_score
 
-    from training.benchmark_detectors import DETECTORS, build_detector
+    from training.benchmark.detectors import DETECTORS, build_detector
 
     assert "aeguard-vae" in DETECTORS
     detector = build_detector("aeguard-vae", 0)

@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.data import Dataset, check_matrix
-from training.simulator import SimulatorConfig, simulate_telemetry
+from training.data.simulator import SimulatorConfig, simulate_telemetry
+from training.data.tables import Dataset, check_matrix
 
 if TYPE_CHECKING:
-    from training.api import TrainResult
-    from training.fit import EpochCallback
+    from training.fitting.fit import EpochCallback
+    from training.result import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ DEFAULT_SIMULATION = SimulatorConfig()
 
 
 def default_dataset(save_to: str | Path | None = None) -> Dataset:
-    """The simulated telemetry as a :class:`~training.data.Dataset` (optionally also written to a file).
+    """The simulated telemetry as a :class:`~training.data.tables.Dataset` (optionally written to a file too).
 
     Parameters
     ----------
@@ -40,7 +40,7 @@ def default_dataset(save_to: str | Path | None = None) -> Dataset:
     x, y = check_matrix(telemetry.x, telemetry.feature_names, telemetry.labels)
     seed = DEFAULT_SIMULATION.seed
     return Dataset(
-        x, list(telemetry.feature_names), y, f"simulated telemetry (training.simulator, seed {seed})"
+        x, list(telemetry.feature_names), y, f"simulated telemetry (training.data.simulator, seed {seed})"
     )
 
 
@@ -74,7 +74,7 @@ def build_default_model(
         data.x, data.feature_names, out_path, labels=data.labels, options=options, on_epoch=on_epoch
     )
     if report_dir is not None:
-        from training.report import write_report
+        from training.report.html import write_report
 
         write_report(result, report_dir)
     return result

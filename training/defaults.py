@@ -42,11 +42,10 @@ def unknown_activations(spec: str) -> list[str]:
     return [a for a in spec.split(",") if a.strip() not in ACTIVATION_NAMES]
 
 
-#: Network kinds: ``ae`` (the dense autoencoder) or ``vae`` (variational, see :mod:`training.vae`).
-ARCHITECTURES: tuple[str, ...] = ("ae", "vae")
+#: The network kind trained when none is named (a name in :data:`training.registry.ARCHITECTURES`).
 ARCHITECTURE = "ae"
 #: VAE only: weight of the KL term in the loss (1 = the ELBO) and the epochs over which it rises
-#: linearly from 0 to that weight (see :func:`training.vae.kl_weight_at`).
+#: linearly from 0 to that weight (see :func:`training.models.vae.kl_weight_at`).
 KL_WEIGHT = 1.0
 KL_WARMUP_EPOCHS = 10
 
@@ -73,7 +72,7 @@ MIN_DELTA = 1e-4
 TRAIN_FRACTION = 0.6
 VALIDATION_FRACTION = 0.1
 CALIBRATION_FRACTION = 0.15
-#: Cross-fitting folds (training.crossfit): each fold's networks score the rows they never saw, for
+#: Cross-fitting folds (training.fitting.crossfit): each fold's networks score the rows they never saw, for
 #: thresholds and evaluation, and the served networks train on all normal rows but the validation
 #: slice. 0 or 1 = the plain split above.
 CROSSFIT_FOLDS = 2
@@ -92,7 +91,7 @@ PARITY_RTOL = 1e-4
 #: Identity check: warn when garbage reconstructs within this factor of real rows' error.
 IDENTITY_RATIO_WARN = 2.0
 
-#: Few labels (`--semi-supervised`, training/semi.py): optimiser steps, Adam learning rate, labelled
+#: Few labels (`--semi-supervised`, training/fitting/semi.py): optimiser steps, Adam learning rate, labelled
 #: anomalies per step (drawn with replacement), weight of the reconstruction loss and the head's L2
 #: penalty while the encoder is fine-tuned under the anomaly head (docs/semi-supervised.md).
 SEMI_FINE_TUNE_STEPS = 300

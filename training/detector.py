@@ -42,7 +42,7 @@ class AutoencoderDetector:
     random_state : int
         Seed; same data and seed give the same scores.
     architecture : str
-        ``ae`` (autoencoder) or ``vae`` (variational autoencoder, see :mod:`training.vae`).
+        A name in :data:`training.registry.ARCHITECTURES` (``ae``, ``vae``, ...).
     feature_names : list of str, optional
         Column names (default ``f0``, ``f1``, ...).
 
@@ -123,7 +123,7 @@ class AutoencoderDetector:
             ``self``.
         """
         from training.api import TrainOptions, train_model
-        from training.fit import FitConfig
+        from training.fitting.fit import FitConfig
 
         x = np.asarray(X)
         names = self.feature_names or [f"f{i}" for i in range(x.shape[1] if x.ndim == 2 else 0)]

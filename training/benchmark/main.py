@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from service.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from training.benchmark_run import Result, Task
+    from training.benchmark.run import Result, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ VERSIONED = ("aeguard", "numpy", "scikit-learn", "pyod", "torch", "onnxruntime",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.benchmark_detectors import DETECTORS
+    from training.benchmark.detectors import DETECTORS
 
     parser.add_argument(
         "directory",
@@ -140,7 +140,7 @@ def _git_commit() -> str:
 
 def _reused(paths: list[Path], tasks: list[Task]) -> dict[tuple[str, int, str], Result]:
     """The successful fits of ``tasks`` found in the raw CSVs ``paths`` (a later file wins)."""
-    from training.benchmark_report import read_csv
+    from training.benchmark.report import read_csv
 
     wanted = {(t.dataset.name, t.seed, t.detector) for t in tasks}
     found: dict[tuple[str, int, str], Result] = {}
@@ -159,10 +159,10 @@ def _reused(paths: list[Path], tasks: list[Task]) -> dict[tuple[str, int, str], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from training import benchmark_report as report
-    from training.benchmark_data import TRAIN_FRACTION, list_npz, load_dataset
-    from training.benchmark_detectors import DETECTORS
-    from training.benchmark_run import Task, run_benchmark
+    from training.benchmark import report
+    from training.benchmark.data import TRAIN_FRACTION, list_npz, load_dataset
+    from training.benchmark.detectors import DETECTORS
+    from training.benchmark.run import Task, run_benchmark
 
     args.directory = data_directory(args.directory)
     detectors = _csv(args.detectors)
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1 or args.max_rows < 10:
         raise InvalidInputError("--jobs must be >= 1 and --max-rows >= 10")
     if args.labelled_fraction is not None:
-        from training import benchmark_semi
+        from training.benchmark import semi as benchmark_semi
 
         benchmark_semi.parse_fractions(args.labelled_fraction)  # refuse before loading any data
         datasets = [
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if failed < len(results) else 1
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m training.benchmark` as a shortcut
+if __name__ == "__main__":  # pragma: no cover - `python -m training.benchmark.main` as a shortcut
     from service.cli import main
 
     sys.exit(main(["benchmark", *sys.argv[1:]]))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from training.benchmark_data import Dataset
-from training.benchmark_run import Result
+from training.benchmark.data import Dataset
+from training.benchmark.run import Result
 
 
 @dataclasses.dataclass(frozen=True)

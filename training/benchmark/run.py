@@ -19,8 +19,8 @@ from multiprocessing import get_context
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from training.benchmark_data import Dataset, novelty_split
-from training.benchmark_detectors import build_detector
+from training.benchmark.data import Dataset, novelty_split
+from training.benchmark.detectors import build_detector
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def quiet_trainer() -> Iterator[None]:
     which random warm-up rows always fail): the benchmark runs the defaults and has no such option.
     Errors still show; the benchmark reports each fit's result itself.
     """
-    trainer = logging.getLogger("training.api")
+    trainer = logging.getLogger("training.pipeline")
     previous = trainer.level
     trainer.setLevel(logging.ERROR)
     try:

@@ -37,9 +37,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from service.errors import InvalidInputError
-from training.benchmark_data import Dataset
-from training.benchmark_run import Result, limit_threads
-from training.data import UNLABELLED
+from training.benchmark.data import Dataset
+from training.benchmark.run import Result, limit_threads
+from training.data.tables import UNLABELLED
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class _Method:
         elif self.name == "scratch":
             from training.api import resolve_fit_config, set_threads
             from training.defaults import activation_list
-            from training.fit import FitConfig
-            from training.semi_model import FineTuneConfig, fit_scratch_classifier
+            from training.fitting.fit import FitConfig
+            from training.models.semi import FineTuneConfig, fit_scratch_classifier
 
             set_threads()
             config = resolve_fit_config(x.shape[1], FitConfig(seed=self.seed), allow_overcomplete=False)
@@ -134,7 +134,7 @@ class _Method:
         else:
             from service.scorer import Scorer
             from training.api import TrainOptions, train_model
-            from training.fit import FitConfig
+            from training.fitting.fit import FitConfig
 
             semi = self.name == "semi"
             options = TrainOptions(fit=FitConfig(seed=self.seed), semi_supervised=semi, name=self.name)
@@ -149,7 +149,7 @@ class _Method:
         if self.name == "gbdt":
             return np.asarray(self.model.predict_proba(x)[:, 1], dtype=np.float64)
         if self.name == "scratch":
-            from training.semi_model import logits
+            from training.models.semi import logits
 
             return logits(self.model, x).astype(np.float64)
         return np.asarray(self.model.score(x).score, dtype=np.float64)
@@ -230,7 +230,7 @@ def run(
     args: argparse.Namespace, datasets: list[Dataset], seeds: list[int], header_info: dict[str, str]
 ) -> int:
     """Run every method at every fraction, print (and write) the markdown report."""
-    from training import benchmark_report as report
+    from training.benchmark import report
 
     fractions = parse_fractions(args.labelled_fraction)
     methods = list(METHODS)

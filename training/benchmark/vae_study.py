@@ -1,6 +1,6 @@
 """Which score should a VAE artifact carry? Compares candidate scores on the benchmark's novelty splits.
 
-``python -m training.vae_study ../shared/datasets/adbench --datasets annthyroid,letter --seeds 0``
+``python -m training.benchmark.vae_study ../shared/datasets/adbench --datasets annthyroid,letter --seeds 0``
 trains one default VAE per dataset and seed (the same :func:`training.api.train_model` as
 `aeguard train --architecture vae`) and prints the test ROC-AUC of each candidate:
 
@@ -32,10 +32,10 @@ from sklearn.metrics import roc_auc_score
 
 from training import defaults
 from training.api import TrainOptions, train_model
-from training.benchmark_data import list_npz, load_dataset, novelty_split
-from training.fit import FitConfig
-from training.model import ScoringGraph
-from training.vae import VariationalAutoencoder, kl_divergence
+from training.benchmark.data import list_npz, load_dataset, novelty_split
+from training.fitting.fit import FitConfig
+from training.models.ae import ScoringGraph
+from training.models.vae import VariationalAutoencoder, kl_divergence
 
 CANDIDATES = ("whitened", "neg_elbo", "neg_elbo_mc", "whitened_kl")
 MC_DRAWS = 16
@@ -74,7 +74,7 @@ def candidate_scores(graph: ScoringGraph, x: np.ndarray, seed: int) -> dict[str,
 
 def fidelity(path: Path, seed: int) -> tuple[str, int, float, float]:
     """Dataset name, rows compared, two-sample AUC of the VAE's rows and of a fitted Gaussian's."""
-    from training.vae_report import generated_rows, held_out_normal_rows, two_sample_auc
+    from training.report.vae import generated_rows, held_out_normal_rows, two_sample_auc
 
     ds = load_dataset(path)
     names = [f"f{i}" for i in range(ds.x.shape[1])]

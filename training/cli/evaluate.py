@@ -28,7 +28,8 @@ def evaluate_file(model_path: str, data_path: str, label_column: str | None = No
     Returns
     -------
     dict
-        :func:`training.evaluate.detection_metrics` plus ``model``, ``data`` and ``severity_counts``.
+        :func:`training.calibration.evaluate.detection_metrics` plus ``model``, ``data``,
+        ``severity_counts``.
     """
     from pathlib import Path
 
@@ -36,8 +37,8 @@ def evaluate_file(model_path: str, data_path: str, label_column: str | None = No
 
     from service.errors import DataError
     from service.scorer import Scorer
-    from training.data import load_dataset
-    from training.evaluate import detection_metrics
+    from training.calibration.evaluate import detection_metrics
+    from training.data.tables import load_dataset
 
     scorer = Scorer.load(model_path)
     meta = scorer.metadata

@@ -8,7 +8,7 @@ from typing import Any
 
 
 class EpochProgress:
-    """Callable epoch hook for :func:`training.fit.fit_autoencoder` that drives a tqdm bar.
+    """Callable epoch hook for :func:`training.fitting.fit.fit_autoencoder` that drives a tqdm bar.
 
     Parameters
     ----------

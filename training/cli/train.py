@@ -6,6 +6,7 @@ import argparse
 
 from service.errors import InvalidInputError
 from training import defaults
+from training.registry import ARCHITECTURES
 
 
 def _int_list(text: str) -> list[int]:
@@ -55,9 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--architecture",
         default=defaults.ARCHITECTURE,
         metavar="KIND",
-        help="ae (autoencoder) or vae (variational autoencoder: codes are posterior means, and "
-        "`aeguard sample` generates rows from the model file; docs/vae.md) "
-        f"(default: {defaults.ARCHITECTURE})",
+        help="; ".join(f"{a.name} ({a.summary})" for a in ARCHITECTURES.values())
+        + f" (default: {defaults.ARCHITECTURE})",
     )
     g.add_argument(
         "--kl-weight",
@@ -160,9 +160,9 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.denoise < 0:
         raise InvalidInputError(f"--denoise must be >= 0, got {args.denoise}")
-    if args.architecture not in defaults.ARCHITECTURES:
+    if args.architecture not in ARCHITECTURES:
         raise InvalidInputError(
-            f"--architecture: unknown {args.architecture!r}; choose from {', '.join(defaults.ARCHITECTURES)}"
+            f"--architecture: unknown {args.architecture!r}; choose from {', '.join(ARCHITECTURES)}"
         )
     if not 0 <= args.kl_weight < float("inf") or args.kl_warmup < 0:
         raise InvalidInputError(
@@ -178,14 +178,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     _check_args(args)
-    from training import calibrate
+    from training.calibration import thresholds as calibrate
 
     calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading
 
-    from training.data import load_dataset
+    from training.data.tables import load_dataset
 
     if args.default:
-        from training.default import DEFAULT_NAME, default_dataset
+        from training.builtin import DEFAULT_NAME, default_dataset
 
         data = default_dataset(save_to=args.save_data)
         name = args.name or DEFAULT_NAME
@@ -204,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
         name = args.name or Path(args.data).stem
     # torch loads only now, so bad input is refused in a fraction of a second.
     from training.api import TrainOptions, train_model
-    from training.fit import FitConfig, member_configs
-    from training.progress import EpochProgress
-    from training.summary import format_summary
+    from training.cli.progress import EpochProgress
+    from training.fitting.fit import FitConfig, member_configs
+    from training.report.summary import format_summary
 
     options = TrainOptions(
         fit=FitConfig(
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report_index = None
     if args.report:
-        from training.report import write_report
+        from training.report.html import write_report
 
         report_index = write_report(result, args.report)
     if args.json:

@@ -251,7 +251,7 @@ def simulate_telemetry(config: SimulatorConfig | None = None) -> Telemetry:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.simulator OUT.csv [--days D] [--seed S]``: write a simulated data set."""
+    """``python -m training.data.simulator OUT.csv [--days D] [--seed S]``: write a simulated data set."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -91,3 +91,11 @@ def make_splits(
     tuning = np.concatenate([cal, anomalies[:n_tune]])
     evaluation = np.concatenate([test, anomalies[n_tune:]])
     return Splits(np.sort(train), np.sort(val), np.sort(cal), np.sort(tuning), np.sort(evaluation))
+
+
+def cap_train_rows(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded subsample of ``rows`` above :data:`training.defaults.MAX_TRAIN_ROWS` (bounded fit time)."""
+    if len(rows) <= defaults.MAX_TRAIN_ROWS:
+        return rows
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, defaults.MAX_TRAIN_ROWS, replace=False))

@@ -21,9 +21,9 @@ import torch
 
 from service import artifact
 from training import defaults
-from training.export import OPSET, ExportError
-from training.model import ScoringGraph
-from training.vae import GeneratorGraph, VariationalAutoencoder
+from training.export.onnx import OPSET, ExportError
+from training.models.ae import ScoringGraph
+from training.models.vae import GeneratorGraph, VariationalAutoencoder
 
 #: Rows of prior draws the parity check runs through torch and onnxruntime.
 PARITY_ROWS = 64
@@ -62,16 +62,16 @@ def generator_onnx(gen: GeneratorGraph, n_features: int) -> bytes:
 
 
 def export_generator(
-    graph: ScoringGraph, n_features: int, seed: int
+    graph: ScoringGraph, sample_shape: tuple[int, ...], seed: int
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Export and check the generator of a VAE scoring graph.
 
     Parameters
     ----------
     graph : ScoringGraph
-        A fitted graph whose members are :class:`~training.vae.VariationalAutoencoder`.
-    n_features : int
-        Input width ``d``.
+        A fitted graph whose members are :class:`~training.models.vae.VariationalAutoencoder`.
+    sample_shape : tuple of int
+        One sample's shape, ``(d,)``: rows of ``d`` features.
     seed : int
         Seeds the parity check's draws.
 
@@ -87,6 +87,7 @@ def export_generator(
     ExportError
         When torch and onnxruntime disagree beyond the parity tolerance.
     """
+    n_features = sample_shape[-1]
     gen = generator_graph(graph)
     blob = generator_onnx(gen, n_features)
     rng = np.random.default_rng(seed)

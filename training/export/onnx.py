@@ -18,7 +18,7 @@ from service.artifact import ModelMetadata
 from service.errors import AeguardError
 from service.files import write_atomic
 from training import defaults
-from training.model import ScoringGraph
+from training.models.ae import ScoringGraph
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,11 @@ OPSET = 18
 EXPORTER = f"torch.onnx.export(dynamo=False, opset_version={OPSET})"
 
 
-def to_onnx(graph: ScoringGraph, n_features: int) -> onnx.ModelProto:
+def to_onnx(graph: ScoringGraph, sample_shape: int | tuple[int, ...]) -> onnx.ModelProto:
     """Trace ``graph`` into an in-memory ONNX model with a dynamic batch axis.
+
+    ``sample_shape`` is one sample's shape without the batch axis: ``d`` (or ``(d,)``) for rows,
+    so the input is ``[batch, d]``; a windowed graph's ``(W, d)`` gives ``[batch, W, d]``.
 
     The TorchScript exporter (``dynamo=False``): the graph is a fixed chain of dense layers, which
     tracing captures exactly, and it exports in about 0.01 CPU s where the dynamo exporter spent
@@ -42,7 +45,8 @@ def to_onnx(graph: ScoringGraph, n_features: int) -> onnx.ModelProto:
     check (:func:`check_parity`) proves every export either way.
     """
     graph.eval()
-    example = torch.zeros(2, n_features, dtype=torch.float32)
+    shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+    example = torch.zeros(2, *shape, dtype=torch.float32)
     names = [artifact.INPUT_NAME, *artifact.OUTPUT_NAMES]
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -127,7 +131,7 @@ def write_model(
     out_path : str or Path
         Destination; its directory is created.
     extra_props : dict, optional
-        More ``metadata_props`` entries (a VAE's generator, :mod:`training.vae_export`).
+        More ``metadata_props`` entries (a VAE's generator, :mod:`training.export.generator`).
 
     Returns
     -------

@@ -20,111 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import DataError
-from training import defaults
-from training.fit import EpochCallback, FitConfig, FitResult, fit_ensemble
-from training.splits import Splits
-
-
-@dataclass(frozen=True)
-class Fold:
-    """Rows of one fold: its ensemble fits on ``train`` (stops early on ``validation``), scores ``scored``."""
-
-    train: np.ndarray
-    validation: np.ndarray
-    scored: np.ndarray
-
-
-@dataclass(frozen=True)
-class CrossFitPlan:
-    """Every row index the cross-fit touches.
-
-    ``splits.train`` / ``splits.validation`` are the final (served) ensemble's rows;
-    ``splits.calibration``, ``splits.tuning`` and ``splits.evaluation`` index rows whose scores are
-    out-of-fold. ``folds[j].scored`` are disjoint and cover every row that gets a score.
-    """
-
-    splits: Splits
-    folds: list[Fold]
-
-
-def plan_crossfit(
-    n_rows: int,
-    labels: np.ndarray | None,
-    *,
-    seed: int,
-    folds: int,
-    contaminated: bool = False,
-    tune_anomalies: bool = False,
-) -> CrossFitPlan:
-    """Assign rows to folds, to the final fit, and to calibration / tuning / evaluation.
-
-    Parameters
-    ----------
-    n_rows : int
-        Rows in the data set.
-    labels : numpy.ndarray or None
-        0 = normal, 1 = anomaly. Without labels every row is treated as normal.
-    seed : int
-        Seed of the shuffle.
-    folds : int
-        Number of folds ``k >= 2``.
-    contaminated : bool
-        Train on all rows (anomalies included) instead of normal rows only.
-    tune_anomalies : bool
-        Send half the anomalies to the tuning split (for f1 thresholds).
-
-    Returns
-    -------
-    CrossFitPlan
-
-    Raises
-    ------
-    DataError
-        When there are too few rows for ``folds`` folds.
-    """
-    if folds < 2:
-        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    rng = np.random.default_rng(seed)
-    idx = np.arange(n_rows)
-    if labels is None or contaminated:
-        pool, anomalies = idx, idx[:0]
-    else:
-        pool, anomalies = idx[labels == 0], idx[labels == 1]
-    # Each fold's ensemble needs >= 2 training rows (one to fit, one to stop early) and each fold
-    # >= 1 row to score; MIN_ROWS keeps the same floor as the plain split.
-    least = max(defaults.MIN_ROWS, 2 * folds)
-    if len(pool) < least:
-        what = "rows" if labels is None or contaminated else "normal rows (label 0)"
-        raise DataError(
-            f"training with {folds} cross-fitting folds needs at least {least} {what}, got {len(pool)} "
-            f"(of {n_rows} row(s) in the file)"
-        )
-    pool = rng.permutation(pool)
-    anomalies = rng.permutation(anomalies)
-    n_val = max(1, round(len(pool) * defaults.VALIDATION_FRACTION))
-    final_val, final_train = pool[:n_val], pool[n_val:]
-    # Round-robin over the shuffled rows: folds differ in size by at most one row.
-    pool_fold = np.arange(len(pool)) % folds
-    anomaly_fold = np.arange(len(anomalies)) % folds
-    plan_folds = []
-    for j in range(folds):
-        rest = pool[pool_fold != j]
-        n_fold_val = max(1, round(len(rest) * defaults.VALIDATION_FRACTION))
-        scored = np.concatenate([pool[pool_fold == j], anomalies[anomaly_fold == j]])
-        plan_folds.append(Fold(np.sort(rest[n_fold_val:]), np.sort(rest[:n_fold_val]), np.sort(scored)))
-    # Alternate shuffled normal rows between calibration and evaluation: disjoint halves, so the
-    # evaluation measures thresholds set on other rows.
-    calibration, held_out = pool[0::2], pool[1::2]
-    n_tune = len(anomalies) // 2 if tune_anomalies else 0
-    splits = Splits(
-        train=np.sort(final_train),
-        validation=np.sort(final_val),
-        calibration=np.sort(calibration),
-        tuning=np.sort(np.concatenate([calibration, anomalies[:n_tune]])),
-        evaluation=np.sort(np.concatenate([held_out, anomalies[n_tune:]])),
-    )
-    return CrossFitPlan(splits, plan_folds)
+from training.data.folds import CrossFitPlan
+from training.data.splits import cap_train_rows
+from training.fitting.fit import EpochCallback, FitConfig, FitResult, NetworkBuilder, fit_ensemble
 
 
 @dataclass
@@ -140,7 +38,7 @@ class CrossFitResult:
     final_fit_s: float = 0.0
 
     def describe(self) -> dict[str, Any]:
-        """The metadata entry: how the model was cross-fitted (``training.crossfit``)."""
+        """The metadata entry: how the model was cross-fitted (``training.fitting.crossfit``)."""
         return {
             "folds": len(self.plan.folds),
             "scores": "calibration, tuning and evaluation scores are out-of-fold: each row scored by "
@@ -160,6 +58,7 @@ def crossfit(
     config: FitConfig,
     score: Any,
     *,
+    build: NetworkBuilder,
     on_epoch: EpochCallback | None = None,
 ) -> CrossFitResult:
     """Fit one ensemble per fold, score each fold out-of-fold, then fit the final ensemble.
@@ -174,6 +73,8 @@ def crossfit(
         Resolved settings, used for every fold and for the final ensemble.
     score : callable
         ``score(fits, rows) -> scores``: the scores the exported graph of ``fits`` gives ``rows``.
+    build : callable
+        Makes each untrained network (the architecture's ``build``).
     on_epoch : callable, optional
         Progress hook of the final fit only (the fold fits run silently).
 
@@ -185,22 +86,15 @@ def crossfit(
     epochs = []
     started = time.perf_counter()
     for fold in plan.folds:
-        fits = fit_ensemble(x[_cap(fold.train, config.seed)], x[fold.validation], config)
+        train = cap_train_rows(fold.train, config.seed)
+        fits = fit_ensemble(x[train], x[fold.validation], config, build=build)
         scores[fold.scored] = score(fits, x[fold.scored])
         epochs.append([len(f.train_loss) for f in fits])
     fold_s = time.perf_counter() - started
-    train = _cap(plan.splits.train, config.seed)
-    final = fit_ensemble(x[train], x[plan.splits.validation], config, on_epoch=on_epoch)
+    train = cap_train_rows(plan.splits.train, config.seed)
+    final = fit_ensemble(x[train], x[plan.splits.validation], config, build=build, on_epoch=on_epoch)
     final_s = time.perf_counter() - started - fold_s
     return CrossFitResult(final, scores, plan, epochs, fold_s, final_s)
-
-
-def _cap(rows: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded subsample of ``rows`` above :data:`training.defaults.MAX_TRAIN_ROWS` (bounded fit time)."""
-    if len(rows) <= defaults.MAX_TRAIN_ROWS:
-        return rows
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(rows, defaults.MAX_TRAIN_ROWS, replace=False))
 
 
 def describe_crossfit(info: dict[str, Any] | None) -> str | None:

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from training import defaults
-from training.model import Autoencoder
-from training.vae import VariationalAutoencoder, kl_weight_at
+from training.models.ae import Autoencoder
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class FitConfig:
     seed : int
         Seeds the weight initialisation, the batch order and the noise.
     architecture : str
-        ``ae`` (autoencoder) or ``vae`` (variational autoencoder, :mod:`training.vae`).
+        The network's name in :data:`training.registry.ARCHITECTURES` (``ae``, ``vae``, ...).
     kl_weight, kl_warmup_epochs : float, int
         VAE only: weight of the KL term and the epochs over which it warms up from 0; early
         stopping waits for the warm-up to end.
@@ -86,6 +85,11 @@ class FitConfig:
     architecture: str = defaults.ARCHITECTURE
     kl_weight: float = defaults.KL_WEIGHT
     kl_warmup_epochs: int = defaults.KL_WARMUP_EPOCHS
+
+
+#: Builds an untrained network for samples of one shape (``(d,)`` for rows) from resolved settings
+#: (an architecture's ``build`` in :data:`training.registry.ARCHITECTURES`).
+NetworkBuilder = Callable[[tuple[int, ...], FitConfig], Autoencoder]
 
 
 @dataclass
@@ -132,15 +136,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
-def _loss(model: Autoencoder, z: torch.Tensor, batch_size: int, kl_weight: float = 1.0) -> float:
+def _loss(model: Autoencoder, z: torch.Tensor, batch_size: int) -> float:
     total = 0.0
     with torch.no_grad():
         for start in range(0, z.shape[0], max(batch_size, 4096)):
-            zb = z[start : start + max(batch_size, 4096)]
-            if isinstance(model, VariationalAutoencoder):  # negative ELBO at the posterior means
-                total += float(model.neg_elbo(zb, zb, kl_weight, None).sum())
-            else:
-                total += float(((model(zb) - zb) ** 2).mean(dim=1).sum())
+            total += model.validation_loss_sum(z[start : start + max(batch_size, 4096)])
     return total / max(1, z.shape[0])
 
 
@@ -182,6 +182,7 @@ def fit_autoencoder(
     x_val: np.ndarray,
     config: FitConfig,
     *,
+    build: NetworkBuilder,
     on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Fit an autoencoder on ``x_train``, stopping early on the loss over ``x_val``.
@@ -189,9 +190,12 @@ def fit_autoencoder(
     Parameters
     ----------
     x_train, x_val : numpy.ndarray
-        Raw rows ``[n, d]`` (float32); the scaler is fitted on ``x_train``.
+        Raw samples ``[n, *sample_shape]`` (float32; rows ``[n, d]`` for a row-wise network); the
+        scaler is fitted on ``x_train``.
     config : FitConfig
         Hyper-parameters; ``hidden`` and ``coding_size`` must be resolved (not ``None``).
+    build : callable
+        Makes the untrained network (the architecture's ``build``, :mod:`training.registry`).
     on_epoch : callable, optional
         Progress hook, called once per epoch.
 
@@ -208,11 +212,7 @@ def fit_autoencoder(
     mean, scale = fit_scaler(x_train)
     z_train = torch.from_numpy((x_train - mean) / scale).float()
     z_val = torch.from_numpy((x_val - mean) / scale).float()
-    d = x_train.shape[1]
-    network = VariationalAutoencoder if config.architecture == "vae" else Autoencoder
-    model = network(
-        d, config.hidden, config.coding_size, tied_weights=config.tied_weights, activation=config.activation
-    )
+    model = build(tuple(x_train.shape[1:]), config)
     # fused: one kernel per step instead of a Python loop over parameters (~10 % less CPU on small nets).
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     result = FitResult(model=model, mean=mean, scale=scale)
@@ -225,26 +225,8 @@ def fit_autoencoder(
         budget_epochs = math.ceil(config.max_steps / math.ceil(n / bs))
         max_epochs = min(max_epochs, max(config.min_epochs, budget_epochs))
     for epoch in range(1, max_epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        running = 0.0
-        for start in range(0, n, bs):
-            zb = z_train[order[start : start + bs]]
-            inputs = zb
-            if config.denoise_sigma > 0:
-                inputs = zb + config.denoise_sigma * torch.randn(zb.shape, generator=gen)
-            if isinstance(model, VariationalAutoencoder):
-                kl_weight = kl_weight_at(config.kl_weight, config.kl_warmup_epochs, epoch)
-                loss = model.neg_elbo(inputs, zb, kl_weight, gen).mean()
-            else:
-                loss = ((model(inputs) - zb) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            running += loss.item() * zb.shape[0]
-        model.eval()
-        train_loss = running / n
-        val_loss = _loss(model, z_val, bs, config.kl_weight)
+        train_loss = _train_epoch(model, opt, z_train, bs, epoch, config.denoise_sigma, gen)
+        val_loss = _loss(model, z_val, bs)
         result.train_loss.append(train_loss)
         result.validation_loss.append(val_loss)
         if val_loss < best * (1 - defaults.MIN_DELTA) or epoch == 1:
@@ -253,8 +235,8 @@ def fit_autoencoder(
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_loss, result.best_epoch)
-        warmed_up = config.architecture != "vae" or epoch >= config.kl_warmup_epochs
-        if epoch - result.best_epoch >= config.patience and epoch >= config.min_epochs and warmed_up:
+        may_stop = epoch >= config.min_epochs and epoch >= model.min_stop_epoch()
+        if epoch - result.best_epoch >= config.patience and may_stop:
             result.stopped_early = True
             break
     model.load_state_dict(best_state)
@@ -266,6 +248,34 @@ def fit_autoencoder(
         )
     log.debug("best epoch %s of %s, validation loss %.6g", result.best_epoch, len(result.train_loss), best)
     return result
+
+
+def _train_epoch(
+    model: Autoencoder,
+    opt: torch.optim.Optimizer,
+    z_train: torch.Tensor,
+    batch_size: int,
+    epoch: int,
+    denoise_sigma: float,
+    gen: torch.Generator,
+) -> float:
+    """One pass over the shuffled training rows; returns the mean training loss (model left in eval mode)."""
+    model.train()
+    n = z_train.shape[0]
+    order = torch.randperm(n, generator=gen)
+    running = 0.0
+    for start in range(0, n, batch_size):
+        zb = z_train[order[start : start + batch_size]]
+        inputs = zb
+        if denoise_sigma > 0:
+            inputs = zb + denoise_sigma * torch.randn(zb.shape, generator=gen)
+        loss = model.training_loss(inputs, zb, epoch, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running += loss.item() * zb.shape[0]
+    model.eval()
+    return running / n
 
 
 def member_configs(config: FitConfig) -> list[FitConfig]:
@@ -296,6 +306,7 @@ def fit_ensemble(
     x_val: np.ndarray,
     config: FitConfig,
     *,
+    build: NetworkBuilder,
     on_epoch: EpochCallback | None = None,
 ) -> list[FitResult]:
     """Fit every member of :func:`member_configs` on the same rows, one after the other.
@@ -306,6 +317,8 @@ def fit_ensemble(
         Raw rows ``[n, d]``; every member fits the same scaler on ``x_train``.
     config : FitConfig
         Resolved hyper-parameters (see :func:`fit_autoencoder`).
+    build : callable
+        Makes each untrained network (see :func:`fit_autoencoder`).
     on_epoch : callable, optional
         Progress hook; epochs count on across members (member 2's first epoch follows member 1's
         last), so one bar of ``max_epochs * members`` covers the whole fit.
@@ -321,7 +334,7 @@ def fit_ensemble(
         hook = None
         if on_epoch is not None:
             hook = _offset_hook(on_epoch, done)
-        fits.append(fit_autoencoder(x_train, x_val, member, on_epoch=hook))
+        fits.append(fit_autoencoder(x_train, x_val, member, build=build, on_epoch=hook))
         done += len(fits[-1].train_loss)
     return fits
 

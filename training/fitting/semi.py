@@ -1,44 +1,34 @@
 """Few labels (`aeguard train --semi-supervised`): pretrain on every row, fine-tune under an anomaly head.
 
-Labels are 1 (anomaly), 0 (normal) or unknown (:data:`training.data.UNLABELLED`). The autoencoder
+Labels are 1 (anomaly), 0 (normal) or unknown (:data:`training.data.tables.UNLABELLED`). The autoencoder
 (ensemble) pretrains on the training rows not labelled anomalous: unlabelled rows are mostly
 normal, and a reconstruction that learnt the known anomalies would hide them. A small head on
 the first network's lower encoder layers and the reconstruction score then learns labelled
 anomalies against labelled normal rows and the unlabelled rows that reconstruct well (presumed
 normal; :func:`reliable_negatives`), while that network's encoder and decoder are fine-tuned with
-it. The model file keeps its contract (see :mod:`training.semi_model`); thresholds are calibrated
+it. The model file keeps its contract (see :mod:`training.models.semi`); thresholds are calibrated
 on held-out labelled normal rows, or on held-out unlabelled rows when too few are labelled.
 docs/semi-supervised.md has the design, the refusals and the benchmark.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 
-from service.artifact import ModelMetadata
+from service.artifact import Threshold
 from service.errors import DataError
-from training import calibrate, defaults
-from training.data import UNLABELLED, check_matrix
-from training.evaluate import detection_metrics, identity_check
-from training.fit import EpochCallback, FitResult, fit_ensemble, fit_summary
-from training.model import ScoringGraph
-from training.semi_model import FineTuneConfig, SemiSupervisedGraph, build_semi_graph, fine_tune_graph
-from training.splits import Splits
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from training.api import TrainOptions, TrainResult
+from training import defaults
+from training.data.splits import Splits
+from training.data.tables import UNLABELLED
+from training.fitting.fit import FitResult
+from training.models.ae import ScoringGraph
+from training.models.semi import FineTuneConfig, SemiSupervisedGraph, build_semi_graph, fine_tune_graph
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +101,7 @@ def make_semi_splits(labels: np.ndarray, *, seed: int, tune_anomalies: bool = Fa
     Parameters
     ----------
     labels : numpy.ndarray
-        1, 0 or :data:`~training.data.UNLABELLED` per row.
+        1, 0 or :data:`~training.data.tables.UNLABELLED` per row.
     seed : int
         Seed of the shuffles.
     tune_anomalies : bool
@@ -214,205 +204,92 @@ def reliable_negatives(
     return np.sort(np.concatenate([rows[labels[rows] == 0], keep]))
 
 
-def _graph_scores(graph: ScoringGraph, x: np.ndarray) -> np.ndarray:
-    from training.api import graph_scores
+@dataclass
+class FineTuned:
+    """The graph after the supervised phase, and how that phase went."""
 
-    return graph_scores(graph, x)
+    graph: SemiSupervisedGraph
+    negatives: np.ndarray
+    losses: list[float]
+    seconds: float
 
 
-def train_semi_supervised(
-    x: np.ndarray,
-    feature_names: list[str],
-    out_path: str | Path | None,
-    *,
-    labels: np.ndarray,
-    options: TrainOptions,
-    on_epoch: EpochCallback | None = None,
-    on_fit_end: Callable[[FitResult], None] | None = None,
-    fine_tune_config: FineTuneConfig | None = None,
-) -> TrainResult:
-    """Pretrain, fine-tune under the anomaly head, calibrate, evaluate and export (see the module doc).
+def fine_tune(
+    base: ScoringGraph, x: np.ndarray, labels: np.ndarray, split: SemiSplits, pretrain: np.ndarray,
+    config: FineTuneConfig,
+) -> FineTuned:  # fmt: skip
+    """Put the anomaly head on the pretrained graph, weigh the reconstruction evidence, fine-tune.
 
-    Parameters
-    ----------
-    x : numpy.ndarray
-        Raw rows ``[n, d]``.
-    feature_names : list of str
-        One name per column.
-    out_path : str, Path or None
-        Where to write the model; ``None`` skips the export.
-    labels : numpy.ndarray
-        1 = anomaly, 0 = normal, NaN or :data:`~training.data.UNLABELLED` = unknown.
-    options : TrainOptions
-        As for :func:`training.api.train_model` (``contaminated`` does not apply).
-    on_epoch, on_fit_end : callable, optional
-        Progress hooks of the pretraining.
-    fine_tune_config : FineTuneConfig, optional
-        Settings of the supervised phase; default from :mod:`training.defaults` and the fit seed.
-
-    Returns
-    -------
-    TrainResult
-        ``labels`` are set when the evaluation split holds both classes, else ``None``.
+    The head's skip weight starts at :func:`reconstruction_evidence`; its negatives are
+    :func:`reliable_negatives`.
     """
-    from training.api import (
-        TrainResult,
-        export_model,
-        fingerprint,
-        library_versions,
-        resolve_fit_config,
-        set_threads,
-    )
-    from training.api import _json_safe as json_safe
-
-    started = time.perf_counter()
-    x, y = check_matrix(x, feature_names, labels, allow_unlabelled=True)
-    assert y is not None
-    specs = calibrate.parse_threshold_specs(options.thresholds)
-    config = resolve_fit_config(x.shape[1], options.fit, options.allow_overcomplete)
-    semi = make_semi_splits(y, seed=config.seed, tune_anomalies=any(s.method == "f1" for s in specs))
-    splits = semi.splits
-    set_threads()
-    pretrain = semi.pretrain
-    if len(pretrain) > defaults.MAX_TRAIN_ROWS:
-        rng = np.random.default_rng(config.seed)
-        pretrain = np.sort(rng.choice(pretrain, defaults.MAX_TRAIN_ROWS, replace=False))
-    member_fits = fit_ensemble(x[pretrain], x[splits.validation], config, on_epoch=on_epoch)
-    fitted = member_fits[0]
-    if on_fit_end is not None:
-        on_fit_end(fitted)
-    whitening = None
-    if fitted.error_whitening is not None:
-        whitening = [
-            torch.from_numpy(f.error_whitening) for f in member_fits if f.error_whitening is not None
-        ]
-    base = ScoringGraph(
-        [f.model for f in member_fits],
-        torch.from_numpy(fitted.mean),
-        torch.from_numpy(fitted.scale),
-        whitening,
-    ).eval()
     graph = build_semi_graph(base, x[pretrain])
     evidence = reconstruction_evidence(
-        reconstruction_scores(graph, x[semi.train_negative]),
-        reconstruction_scores(graph, x[semi.train_positive]),
+        reconstruction_scores(graph, x[split.train_negative]),
+        reconstruction_scores(graph, x[split.train_positive]),
     )
     graph.head.alpha.fill_(evidence)
-    negatives = reliable_negatives(graph, x, semi.train_negative, y, evidence)
-    tune = fine_tune_config or FineTuneConfig(seed=config.seed)
-    tune_started = time.perf_counter()
-    losses = fine_tune_graph(graph, x[negatives], x[semi.train_positive], tune)
-    tune_s = time.perf_counter() - tune_started
-    scores = _graph_scores(graph, x)
+    negatives = reliable_negatives(graph, x, split.train_negative, labels, evidence)
+    started = time.perf_counter()
+    losses = fine_tune_graph(graph, x[negatives], x[split.train_positive], config)
+    return FineTuned(graph, negatives, losses, time.perf_counter() - started)
 
-    thresholds = calibrate.compute_thresholds(
-        specs, scores[splits.calibration], scores[splits.tuning], (y[splits.tuning] == 1).astype(np.int8)
-    )
-    eval_labels = y[splits.evaluation] if semi.evaluation_labelled else None
-    evaluation = detection_metrics(scores[splits.evaluation], eval_labels, thresholds)
-    evaluation["split"] = "evaluation"
-    evaluation["evaluated_on"] = (
-        "held-out labelled rows"
-        if semi.evaluation_labelled
+
+def held_out_figures(split: SemiSplits, scores: np.ndarray, thresholds: list[Threshold]) -> dict[str, Any]:
+    """What the evaluation adds for few labels: what it was computed on, and the unlabelled rows flagged."""
+    figures: dict[str, Any] = {
+        "evaluated_on": "held-out labelled rows"
+        if split.evaluation_labelled
         else "every held-out row, unlabelled included (too few labelled anomalies to hold some out)"
-    )
-    if len(semi.held_out_unlabelled):
-        held = scores[semi.held_out_unlabelled]
-        evaluation["unlabelled_flagged_rate"] = {t.name: float((held >= t.value).mean()) for t in thresholds}
-
-    evaluation["identity_check"] = identity_check(
-        lambda rows: reconstruction_scores(graph, rows), x[splits.calibration], config.seed
-    )
-
-    counts = label_counts(y)
-    fp = fingerprint(x, feature_names)
-    option_doc = {
-        "fit": asdict(config),
-        "thresholds": list(options.thresholds),
-        "semi_supervised": asdict(tune),
     }
-    version = (
-        options.version
-        or hashlib.sha256((fp + json.dumps(option_doc, sort_keys=True)).encode()).hexdigest()[:12]
-    )
-    d = x.shape[1]
+    if len(split.held_out_unlabelled):
+        held = scores[split.held_out_unlabelled]
+        figures["unlabelled_flagged_rate"] = {t.name: float((held >= t.value).mean()) for t in thresholds}
+    return figures
+
+
+def head_section(graph: SemiSupervisedGraph, member_fits: list[FitResult]) -> dict[str, Any]:
+    """What the metadata's ``architecture`` section says differently of an autoencoder under a head."""
     head = graph.head
-    metadata = ModelMetadata(
-        name=options.name,
-        version=version,
-        feature_names=list(feature_names),
-        coding_size=int(config.coding_size or 0),
-        thresholds=thresholds,
-        score_distribution=calibrate.score_distribution(scores[splits.calibration]),
-        architecture={
-            "kind": "dense_autoencoder_with_anomaly_head",
-            "layer_sizes": fitted.model.sizes,
-            "hidden": list(config.hidden or []),
-            "coding_size": config.coding_size,
-            "activation": config.activation,
-            "tied_weights": config.tied_weights,
-            "denoise_sigma": config.denoise_sigma,
-            "members": len(member_fits),
-            "member_layer_sizes": [f.model.sizes for f in member_fits],
-            "weight_count": sum(f.model.weight_count() for f in member_fits)
-            + sum(p.numel() for n, p in head.named_parameters() if n.endswith("weight")),
-            "parameter_count": sum(p.numel() for p in graph.parameters()),
-            "scaler": "standard (mean / std; constant columns scaled by 1)",
-            "head": {
-                "inputs": "the first network's codes and the log reconstruction score, standardised",
-                "layer_sizes": [m.in_features for m in head.mlp if isinstance(m, torch.nn.Linear)] + [1],
-                "activation": fitted.model.activation_name,
-                "skip": "alpha * standardised log reconstruction score; the MLP's output starts at 0",
-                "alpha": float(head.alpha),
-            },
-            "score": "-log(1 - p) = softplus(logit), p the anomaly head's probability; feature_errors, codes "
-            "and reconstruction from the autoencoder"
-            + (f" ({len(member_fits)} networks averaged)" if len(member_fits) > 1 else ""),
-            "undercomplete": all(f.model.sizes[-1] < d for f in member_fits),
+    return {
+        "kind": "dense_autoencoder_with_anomaly_head",
+        "weight_count": sum(f.model.weight_count() for f in member_fits)
+        + sum(p.numel() for n, p in head.named_parameters() if n.endswith("weight")),
+        "parameter_count": sum(p.numel() for p in graph.parameters()),
+        "head": {
+            "inputs": "the first network's codes and the log reconstruction score, standardised",
+            "layer_sizes": [m.in_features for m in head.mlp if isinstance(m, torch.nn.Linear)] + [1],
+            "activation": member_fits[0].model.activation_name,
+            "skip": "alpha * standardised log reconstruction score; the MLP's output starts at 0",
+            "alpha": float(head.alpha),
         },
-        training={
-            "fingerprint_sha256": fp,
-            "source": options.source,
-            "rows": int(x.shape[0]),
-            "labelled": True,
-            "anomalies_in_data": counts["labelled_anomalies"],
-            "contaminated": False,
-            "semi_supervised": {
-                **counts,
-                "calibrated_on": semi.calibrated_on,
-                "calibration_rows": len(splits.calibration),
-                "pretrained_on_rows": len(pretrain),
-                "head_positive_rows": len(semi.train_positive),
-                "head_negative_rows": len(negatives),
-                "negatives": "labelled normal training rows, and unlabelled ones whose reconstruction score "
-                f"is below its {defaults.SEMI_RELIABLE_NEGATIVE_QUANTILE:g} quantile (presumed normal)",
-                "fine_tune": asdict(tune),
-                "fine_tune_final_loss": float(np.mean(losses[-20:])) if losses else None,
-                "fine_tune_s": round(tune_s, 3),
-            },
-            "split_rows": {**splits.counts(), "train_used": len(pretrain)},
-            **fit_summary(config, member_fits),
-            "threshold_specs": list(options.thresholds),
-            "duration_s": round(time.perf_counter() - started, 3),
+        "score": "-log(1 - p) = softplus(logit), p the anomaly head's probability; feature_errors, codes "
+        "and reconstruction from the autoencoder"
+        + (f" ({len(member_fits)} networks averaged)" if len(member_fits) > 1 else ""),
+    }
+
+
+def training_section(
+    labels: np.ndarray, split: SemiSplits, tuned: FineTuned, pretrain: np.ndarray, config: FineTuneConfig
+) -> dict[str, Any]:
+    """The few-label entries of the metadata's ``training`` section."""
+    counts = label_counts(labels)
+    return {
+        "labelled": True,
+        "anomalies_in_data": counts["labelled_anomalies"],
+        "contaminated": False,
+        "semi_supervised": {
+            **counts,
+            "calibrated_on": split.calibrated_on,
+            "calibration_rows": len(split.splits.calibration),
+            "pretrained_on_rows": len(pretrain),
+            "head_positive_rows": len(split.train_positive),
+            "head_negative_rows": len(tuned.negatives),
+            "negatives": "labelled normal training rows, and unlabelled ones whose reconstruction score "
+            f"is below its {defaults.SEMI_RELIABLE_NEGATIVE_QUANTILE:g} quantile (presumed normal)",
+            "fine_tune": asdict(config),
+            "fine_tune_final_loss": float(np.mean(tuned.losses[-20:])) if tuned.losses else None,
+            "fine_tune_s": round(tuned.seconds, 3),
         },
-        evaluation=json_safe(evaluation),
-        versions=library_versions(),
-        created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-    )
-    result = TrainResult(
-        path=None,
-        metadata=metadata,
-        fit=fitted,
-        graph=graph,
-        splits=splits,
-        scores=scores,
-        x=x,
-        labels=y if semi.evaluation_labelled else None,
-        feature_names=list(feature_names),
-        duration_s=time.perf_counter() - started,
-        fit_seed=config.seed,
-        member_fits=list(member_fits),
-    )
-    if out_path is not None:
-        export_model(result, out_path)
-    return result
+        "split_rows": {**split.splits.counts(), "train_used": len(pretrain)},
+    }

@@ -100,9 +100,23 @@ class Autoencoder(nn.Module):
         assert isinstance(layer, nn.Linear)
         return layer.weight
 
+    def training_loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, epoch: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The minibatch loss minimised in ``epoch`` (1-based): the mean squared error in scaled space."""
+        return ((self(inputs) - target) ** 2).mean()
+
+    def validation_loss_sum(self, z: torch.Tensor) -> float:
+        """The summed per-row loss of scaled rows ``z`` that early stopping watches."""
+        return float(((self(z) - z) ** 2).mean(dim=1).sum())
+
+    def min_stop_epoch(self) -> int:
+        """The first epoch at which early stopping may stop (a VAE waits for its KL warm-up)."""
+        return 0
+
     def score_penalty(self, z: torch.Tensor) -> torch.Tensor | None:
         """A per-row term ``[n]`` the scoring graph adds to the score; none for a plain autoencoder
-        (a variational one adds its KL term, :meth:`training.vae.VariationalAutoencoder.score_penalty`)."""
+        (a variational one adds its KL term, see :mod:`training.models.vae`)."""
         return None
 
     def weight_count(self) -> int:
@@ -124,7 +138,7 @@ class ScoringGraph(nn.Module):
         One symmetric ``[d, d]`` matrix ``W`` per member, applied to its residual ``r = rec - z``
         before squaring: ``feature_errors = (r @ W) ** 2``. With ``W`` the inverse square root of
         the residual covariance on normal rows (ZCA whitening, see
-        :func:`training.fit.error_whitening`), the score is the Mahalanobis distance of the
+        :func:`training.fitting.fit.error_whitening`), the score is the Mahalanobis distance of the
         residual divided by ``d``, about 1 on normal rows, and each whitened coordinate stays tied
         to its own feature. ``None`` = identity (plain squared error in scaled space).
 

@@ -6,10 +6,10 @@ labelled ones). It starts from the reconstruction score and learns a correction 
 ``logit = alpha * standardised log(reconstruction score) + bias + mlp(features, log score)``,
 ``features`` the encoder's last hidden layer, with the MLP's last layer initialised to zero, and
 ``alpha`` set before fine-tuning from how well the reconstruction ranks the labelled anomalies
-(:func:`training.semi.reconstruction_evidence`). Before fine-tuning, the ranking is the unsupervised one;
-a handful of labelled anomalies then moves it only as far as they justify. The exported score is
-``-log(1 - p) = softplus(logit)``: positive (thresholds must be > 0), rising with the anomaly
-probability ``p``, and without the ties a sigmoid's saturation at 1 would cause.
+(:func:`training.fitting.semi.reconstruction_evidence`). Before fine-tuning, the ranking is the
+unsupervised one; a handful of labelled anomalies then moves it only as far as they justify. The
+exported score is ``-log(1 - p) = softplus(logit)``: positive (thresholds must be > 0), rising
+with the anomaly probability ``p``, and without the ties a sigmoid's saturation at 1 would cause.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from training import defaults
-from training.fit import seed_everything
-from training.model import ACTIVATIONS, Autoencoder, ScoringGraph
+from training.fitting.fit import seed_everything
+from training.models.ae import ACTIVATIONS, Autoencoder, ScoringGraph
 
 #: Added to the reconstruction score before its logarithm (whitened scores are about 1 on normal rows).
 LOG_EPS = 1e-6
@@ -66,7 +66,7 @@ class AnomalyHead(nn.Module):
     hidden : int
         Width of the MLP's hidden layer.
     activation : str
-        Its activation (a name of :data:`training.model.ACTIVATIONS`).
+        Its activation (a name of :data:`training.models.ae.ACTIVATIONS`).
     features_mean, features_std : numpy.ndarray
         Standardisation of the features (an encoder's output scale is arbitrary).
     score_mean, score_std : float or None
@@ -107,7 +107,7 @@ class AnomalyHead(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         # A fixed weight, not learnt: a handful of labels cannot tell it, and the negatives the head
-        # learns from are chosen by this very score (training.semi.reliable_negatives).
+        # learns from are chosen by this very score (training.fitting.semi.reliable_negatives).
         self.register_buffer("alpha", torch.tensor(1.0 if self.uses_score else 0.0))
         self.bias = nn.Parameter(torch.tensor(0.0))
 
@@ -121,7 +121,7 @@ class AnomalyHead(nn.Module):
 
 
 class SemiSupervisedGraph(ScoringGraph):
-    """A :class:`~training.model.ScoringGraph` whose ``score`` is the head's ``-log(1 - p)``.
+    """A :class:`~training.models.ae.ScoringGraph` whose ``score`` is the head's ``-log(1 - p)``.
 
     ``feature_errors``, ``codes`` and ``reconstruction`` stay the autoencoder's, so the artifact
     keeps its contract and top-k explanations still name the features that reconstruct badly.
@@ -313,7 +313,7 @@ class ScratchClassifier(nn.Module):
 
     def __init__(self, x_fit: np.ndarray, hidden: list[int], coding_size: int, activation: str) -> None:
         super().__init__()
-        from training.fit import fit_scaler
+        from training.fitting.fit import fit_scaler
 
         mean, scale = fit_scaler(x_fit)
         self.register_buffer("mean", torch.from_numpy(mean))

@@ -1,6 +1,6 @@
 """The variational autoencoder: a Gaussian encoder (mean, log-variance) and decoder, and its generator graph.
 
-It is an :class:`~training.model.Autoencoder` whose ``encode`` returns the posterior means, so the
+It is an :class:`~training.models.ae.Autoencoder` whose ``encode`` returns the posterior means, so the
 scoring graph, whitening, calibration and export treat it like any other member: ``codes`` are
 the means and ``reconstruction`` is the decoding of the means. What differs is the training loss
 (negative ELBO with the reparameterisation trick and a warmed-up KL weight) and that the decoder
@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from training.model import Autoencoder
-
-if TYPE_CHECKING:
-    from training.fit import FitConfig
+from training.models.ae import Autoencoder
 
 #: ``architecture.kind`` of a VAE in the metadata (``dense_autoencoder`` for the plain one).
 KIND = "variational_autoencoder"
@@ -35,14 +31,17 @@ class VariationalAutoencoder(Autoencoder):
 
     The encoder is the autoencoder's (its last layer gives the posterior means) plus a second
     head on the last hidden layer for the log-variances. The decoder mirrors the encoder, as
-    for :class:`~training.model.Autoencoder`, and has a learned variance per feature (the
+    for :class:`~training.models.ae.Autoencoder`, and has a learned variance per feature (the
     decoder's noise, in scaled units), which makes the loss a proper negative ELBO and gives
     generated rows their spread. The prior is the standard normal.
 
     Parameters
     ----------
     n_features, hidden, coding_size, tied_weights, activation
-        As for :class:`~training.model.Autoencoder`.
+        As for :class:`~training.models.ae.Autoencoder`.
+    kl_weight, kl_warmup_epochs : float, int
+        Weight of the KL term in the loss (1 = the ELBO) and the epochs over which it warms up
+        from 0 (:func:`kl_weight_at`); early stopping waits for the warm-up to end.
     """
 
     def __init__(
@@ -53,8 +52,12 @@ class VariationalAutoencoder(Autoencoder):
         *,
         tied_weights: bool = False,
         activation: str = "elu",
+        kl_weight: float = 1.0,
+        kl_warmup_epochs: int = 0,
     ) -> None:
         super().__init__(n_features, hidden, coding_size, tied_weights=tied_weights, activation=activation)
+        self.kl_weight = kl_weight
+        self.kl_warmup_epochs = kl_warmup_epochs
         self.logvar_head = nn.Linear(self.sizes[-2], coding_size)
         # Start at variance 1 in scaled space: the spread of a standardised feature.
         self.observation_logvar = nn.Parameter(torch.zeros(n_features))
@@ -80,6 +83,21 @@ class VariationalAutoencoder(Autoencoder):
         ``2 / d``, up to a constant (docs/vae.md: it detected better than the residual alone)."""
         mean, logvar = self.encode_stats(z)
         return 2.0 * kl_divergence(mean, logvar) / z.shape[1]
+
+    def training_loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, epoch: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The mean negative ELBO of a minibatch, with the KL weight warmed up to ``epoch``."""
+        kl_weight = kl_weight_at(self.kl_weight, self.kl_warmup_epochs, epoch)
+        return self.neg_elbo(inputs, target, kl_weight, generator).mean()
+
+    def validation_loss_sum(self, z: torch.Tensor) -> float:
+        """The summed negative ELBO at the posterior means, with the full KL weight."""
+        return float(self.neg_elbo(z, z, self.kl_weight, None).sum())
+
+    def min_stop_epoch(self) -> int:
+        """Early stopping waits for the KL warm-up to end."""
+        return self.kl_warmup_epochs
 
     def output_logvar(self) -> torch.Tensor:
         """Per-feature log-variance of the decoder's Gaussian, floored (see module constants)."""
@@ -171,21 +189,3 @@ class GeneratorGraph(nn.Module):
             scaled = member.decode(z[:, :k]) + noise * torch.exp(0.5 * member.output_logvar())
             rows.append(scaled * self.scale + self.mean)
         return torch.stack(rows)
-
-
-#: Appended to the metadata's ``architecture.score`` for a VAE.
-SCORE_NOTE = (
-    ", plus 2 KL(posterior || prior) / d per network (the negative ELBO under a Gaussian decoder with "
-    "the residual covariance, times 2/d, up to a constant)"
-)
-
-
-def architecture_fields(config: FitConfig) -> dict[str, Any]:
-    """What the metadata's ``architecture`` section adds for a VAE."""
-    return {
-        "kl_weight": config.kl_weight,
-        "kl_warmup_epochs": config.kl_warmup_epochs,
-        "codes": "posterior means",
-        "reconstruction": "decoding of the posterior means",
-        "observation_variance_floor": OBSERVATION_VARIANCE_FLOOR,
-    }

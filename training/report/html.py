@@ -3,7 +3,7 @@
 Figures: learning curves; score histograms of normal vs anomalous rows with the thresholds;
 ROC and PR curves; per-feature errors; the first layer's weights (one panel per neuron); and for
 each coding unit the training rows that activate it most; for a variational autoencoder, real vs
-generated rows (:mod:`training.vae_report`).
+generated rows (:mod:`training.report.vae`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.artifact import describe_threshold
+from training.registry import architecture
 
 if TYPE_CHECKING:
-    from training.api import TrainResult
+    from training.result import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +66,19 @@ def learning_curves_figure(result: TrainResult) -> Any:
     fig, axes = plt.subplots(
         1, len(fits), figsize=(7 if len(fits) == 1 else 4.2 * len(fits), 4), squeeze=False
     )
-    variational = result.metadata.architecture.get("kind") == "variational_autoencoder"
+    arch = architecture(result.architecture)
     for i, (fit, ax) in enumerate(zip(fits, axes.flat, strict=True)):
         epochs = np.arange(1, len(fit.train_loss) + 1)
         ax.plot(epochs, fit.train_loss, label="train", color=_NORMAL_COLOR)
         ax.plot(epochs, fit.validation_loss, label="validation", color="#55A868")
         ax.axvline(fit.best_epoch, color="#888888", ls="--", lw=1, label=f"best epoch ({fit.best_epoch})")
-        ax.set_yscale("linear" if variational else "log")  # a negative ELBO can be below 0
+        ax.set_yscale(arch.loss_scale)
         ax.set_xlabel("epoch")
         if len(fits) > 1:
             act = activations[i] if i < len(activations) else ""
             ax.set_title(f"network {i + 1} of {len(fits)} ({act})".replace(" ()", ""), fontsize=10)
         if i == 0:
-            ax.set_ylabel("negative ELBO / d" if variational else "mean squared error (scaled space)")
+            ax.set_ylabel(arch.loss_label)
         ax.legend(fontsize=8)
     fig.suptitle("Learning curves" + (f": each of the {len(fits)} networks" if len(fits) > 1 else ""))
     fig.tight_layout()
@@ -320,7 +321,7 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
     Path
         The ``index.html`` file.
     """
-    from training.summary import format_summary
+    from training.report.summary import format_summary
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,10 +381,8 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
             "numbered from 1 in the data as `aeguard score` numbers them.",
         )
     )
-    if meta.architecture.get("kind") == "variational_autoencoder":
-        from training.vae_report import generation_panel
-
-        figures += generation_panel(result, out, _pyplot())
+    for panel in architecture(result.architecture).report_panels:
+        figures += panel(result, out, _pyplot())
     (out / "metadata.json").write_text(json.dumps(json.loads(meta.to_json()), indent=2, sort_keys=True))
     ident = meta.evaluation.get("identity_check", {})
     warning = ""

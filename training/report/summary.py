@@ -12,10 +12,10 @@ from service.artifact import (
     describe_training,
     uses_tuning_split,
 )
-from training.crossfit import describe_crossfit
+from training.fitting.crossfit import describe_crossfit
 
 if TYPE_CHECKING:
-    from training.api import TrainResult
+    from training.result import TrainResult
 
 
 def _fmt(v: float | None, spec: str = ".4g") -> str:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from service.sample import draw_inputs
-from training.vae_export import generator_graph
+from training.export.generator import generator_graph
 
 if TYPE_CHECKING:
-    from training.api import TrainResult
+    from training.result import TrainResult
 
 #: Held-out real rows compared (a seeded subsample above this); as many rows are generated.
 MAX_ROWS = 5000

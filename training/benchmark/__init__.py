@@ -1,0 +1,1 @@
+"""`aeguard benchmark`: detection quality against peer detectors, and the VAE score study."""

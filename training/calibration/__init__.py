@@ -1,0 +1,1 @@
+"""Calibration and evaluation: thresholds from held-out scores, detection metrics."""

@@ -1,0 +1,1 @@
+"""The training command lines (`aeguard train`, `aeguard evaluate`) and their progress bar."""

@@ -1,0 +1,1 @@
+"""Data: reading tables, the telemetry simulator and the seeded splits."""

@@ -1,0 +1,1 @@
+"""Fitting networks: the fit loop, ensembles, cross-fitting and the semi-supervised phases."""

@@ -1,0 +1,1 @@
+"""The networks, one module per architecture (registered in :mod:`training.registry`)."""

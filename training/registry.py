@@ -1,0 +1,149 @@
+"""The architecture registry: one entry per network kind, naming everything that differs between kinds.
+
+The pipeline (:mod:`training.pipeline`), the CLI, the detector, the export and the report look an
+architecture up here and never branch on its name. An entry says how to build the network, what
+it adds to the model's metadata, what it exports besides the scoring graph, which report panels
+it draws, and how rows become samples and samples become splits (row-wise unless it says
+otherwise). Adding an architecture is one module under ``training/models/`` and one entry in
+:data:`ARCHITECTURES` (docs/architectures.md lists the files).
+
+Importing this module loads no torch (the CLI reads the names and summaries for its help), so the
+hooks below import their torch modules when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.errors import InvalidInputError
+from training.data.samples import SampleBuilder, Splitter, row_samples, row_splits
+
+if TYPE_CHECKING:
+    from training.fitting.fit import FitConfig, NetworkBuilder
+    from training.models.ae import Autoencoder, ScoringGraph
+    from training.result import TrainResult
+
+#: ``(graph, sample_shape, seed) -> (metadata_props, export_info)``: more than the scoring graph in
+#: the ONNX file (props under their own keys; the info lands under the export section's ``key``).
+ExportExtra = Callable[["ScoringGraph", tuple[int, ...], int], tuple[dict[str, str], dict[str, Any]]]
+#: ``(result, out_dir, pyplot) -> [(file, title, caption), ...]``: figures the report adds.
+ReportPanel = Callable[["TrainResult", Path, Any], list[tuple[str, str, str]]]
+
+
+def _no_fields(config: FitConfig) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What one network kind brings; every field but ``name``, ``kind``, ``summary`` and ``build`` has a
+    row-wise, plain-autoencoder default."""
+
+    #: The ``--architecture`` value (and ``FitConfig.architecture``).
+    name: str
+    #: ``architecture.kind`` in the model's metadata (what `aeguard inspect` and the report read).
+    kind: str
+    #: One line for ``aeguard train --help``.
+    summary: str
+    #: Makes an untrained network from a sample's shape and resolved settings.
+    build: NetworkBuilder
+    #: Fields the metadata's ``architecture`` section adds for this kind (after ``kind``).
+    metadata_fields: Callable[[FitConfig], dict[str, Any]] = _no_fields
+    #: Appended to the metadata's ``architecture.score`` description.
+    score_note: str = ""
+    #: The training loss as the report's learning-curve axis names it, and that axis' scale.
+    loss_label: str = "mean squared error (scaled space)"
+    loss_scale: str = "log"
+    #: ``(export section key, hook)`` pairs: what the ONNX file carries besides the scoring graph.
+    export_extras: tuple[tuple[str, ExportExtra], ...] = ()
+    #: Panels the training report adds after the common ones.
+    report_panels: tuple[ReportPanel, ...] = ()
+    #: Rows (with their time and series, if any) to the samples the network sees.
+    samples: SampleBuilder = row_samples
+    #: Samples to train / validation / calibration / tuning / evaluation (and cross-fitting folds).
+    split: Splitter = row_splits
+
+
+def _dense(sample_shape: tuple[int, ...], config: FitConfig) -> Autoencoder:
+    from training.models.ae import Autoencoder  # torch
+
+    assert config.hidden is not None and config.coding_size is not None
+    return Autoencoder(
+        sample_shape[-1], config.hidden, config.coding_size,
+        tied_weights=config.tied_weights, activation=config.activation,
+    )  # fmt: skip
+
+
+def _variational(sample_shape: tuple[int, ...], config: FitConfig) -> Autoencoder:
+    from training.models.vae import VariationalAutoencoder  # torch
+
+    assert config.hidden is not None and config.coding_size is not None
+    return VariationalAutoencoder(
+        sample_shape[-1], config.hidden, config.coding_size,
+        tied_weights=config.tied_weights, activation=config.activation,
+        kl_weight=config.kl_weight, kl_warmup_epochs=config.kl_warmup_epochs,
+    )  # fmt: skip
+
+
+def _variational_fields(config: FitConfig) -> dict[str, Any]:
+    from training.models.vae import OBSERVATION_VARIANCE_FLOOR  # torch
+
+    return {
+        "kl_weight": config.kl_weight,
+        "kl_warmup_epochs": config.kl_warmup_epochs,
+        "codes": "posterior means",
+        "reconstruction": "decoding of the posterior means",
+        "observation_variance_floor": OBSERVATION_VARIANCE_FLOOR,
+    }
+
+
+def _generator(
+    graph: ScoringGraph, sample_shape: tuple[int, ...], seed: int
+) -> tuple[dict[str, str], dict[str, Any]]:
+    from training.export.generator import export_generator  # torch, onnxruntime
+
+    return export_generator(graph, sample_shape, seed)
+
+
+def _generation_panel(result: TrainResult, out: Path, plt: Any) -> list[tuple[str, str, str]]:
+    from training.report.vae import generation_panel  # torch, scikit-learn
+
+    return generation_panel(result, out, plt)
+
+
+#: Every architecture `aeguard train --architecture` knows, by name.
+ARCHITECTURES: dict[str, Architecture] = {
+    "ae": Architecture(
+        name="ae",
+        kind="dense_autoencoder",
+        summary="autoencoder",
+        build=_dense,
+    ),
+    "vae": Architecture(
+        name="vae",
+        kind="variational_autoencoder",
+        summary="variational autoencoder: codes are posterior means, and `aeguard sample` generates rows "
+        "from the model file; docs/vae.md",
+        build=_variational,
+        metadata_fields=_variational_fields,
+        score_note=", plus 2 KL(posterior || prior) / d per network (the negative ELBO under a Gaussian "
+        "decoder with the residual covariance, times 2/d, up to a constant)",
+        loss_label="negative ELBO / d",
+        loss_scale="linear",  # a negative ELBO can be below 0
+        export_extras=(("generator", _generator),),
+        report_panels=(_generation_panel,),
+    ),
+}
+
+
+def architecture(name: str) -> Architecture:
+    """The registered architecture ``name``; :class:`InvalidInputError` naming the choices otherwise."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise InvalidInputError(
+            f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}"
+        ) from None
