@@ -182,18 +182,23 @@ class ModelMetadata:
             raise ModelLoadError(f"{source}: window must be a JSON object, got {self.window!r}")
 
 
+#: How `aeguard inspect` and the training summary prefix a network kind (``architecture.kind``); a kind
+#: not listed (a plain autoencoder, with or without an anomaly head) gets no prefix. Data, not a
+#: branch: the trainer's registry (training/registry.py) names the kinds, this only words them.
+KIND_PREFIXES: dict[str, str] = {"variational_autoencoder": "variational, "}
+
+
 def describe_networks(architecture: dict[str, Any]) -> str:
     """``d -> h -> k -> h -> d activation`` for the network, or for each network of an ensemble
     (their coding sizes may differ), from the metadata's ``architecture``."""
     sizes = architecture.get("member_layer_sizes") or [architecture.get("layer_sizes", [])]
-    variational = architecture.get("kind") == "variational_autoencoder"
     activations = [a.strip() for a in str(architecture.get("activation", "")).split(",")]
     parts = [
         " -> ".join(str(n) for n in [*layers, *layers[-2::-1]]) + f" {act}"
         for layers, act in zip(sizes, activations, strict=False)
     ]
     text = parts[0] if len(parts) == 1 else f"{len(parts)} networks averaged: " + "; ".join(parts)
-    return f"variational, {text}" if variational else text
+    return KIND_PREFIXES.get(str(architecture.get("kind")), "") + text
 
 
 def describe_training(training: dict[str, Any]) -> str:
