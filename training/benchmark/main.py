@@ -160,23 +160,12 @@ def _reused(paths: list[Path], tasks: list[Task]) -> dict[tuple[str, int, str], 
 
 def run(args: argparse.Namespace) -> int:
     from training.benchmark import report
-    from training.benchmark.data import TRAIN_FRACTION, list_npz, load_dataset
+    from training.benchmark.data import list_npz, load_dataset
     from training.benchmark.detectors import DETECTORS
     from training.benchmark.run import Task, run_benchmark
 
     args.directory = data_directory(args.directory)
-    detectors = _csv(args.detectors)
-    unknown = [d for d in detectors if d not in DETECTORS]
-    if unknown or not detectors:
-        raise InvalidInputError(f"unknown detector(s) {unknown}; choose from {', '.join(DETECTORS)}")
-    try:
-        seeds = [int(s) for s in _csv(args.seeds)]
-    except ValueError as exc:
-        raise InvalidInputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from exc
-    if not seeds:
-        raise InvalidInputError("--seeds needs at least one seed")
-    if args.jobs < 1 or args.max_rows < 10:
-        raise InvalidInputError("--jobs must be >= 1 and --max-rows >= 10")
+    detectors, seeds = _check_run_args(args, list(DETECTORS))
     if args.labelled_fraction is not None:
         from training.benchmark import semi as benchmark_semi
 
@@ -204,42 +193,12 @@ def run(args: argparse.Namespace) -> int:
         len(datasets), len(seeds), len(detectors), len(tasks), args.jobs, threads,
     )  # fmt: skip
 
-    def progress(done: int, total: int, r: Result) -> None:
-        if r.error:
-            log.warning(
-                "[%d/%d] %s seed %d %s FAILED: %s", done, total, r.dataset, r.seed, r.detector, r.error
-            )
-        else:
-            log.info(
-                "[%d/%d] %-12s seed %d %-8s ROC-AUC %.3f PR-AUC %.3f fit %.2f CPU s",
-                done, total, r.dataset, r.seed, r.detector, r.roc_auc, r.pr_auc, r.fit_cpu_s,
-            )  # fmt: skip
-
     started = dt.datetime.now(dt.UTC)
-    results = list(reused.values()) + run_benchmark(tasks, args.jobs, threads, progress)
+    results = list(reused.values()) + run_benchmark(tasks, args.jobs, threads, _progress)
     elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
 
     summary = report.summarize(results, [ds.name for ds in datasets], detectors)
-    header = [
-        "# Detection quality",
-        "",
-        f"- Command: `{_command(args, detectors, seeds)}`",
-        f"- Run: {started:%Y-%m-%d %H:%M} UTC, {elapsed_s / 60:.1f} min wall-clock, commit {_git_commit()}",
-        f"- Versions: {_versions()}",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores; {args.jobs} worker process(es) with "
-        f"{threads} thread(s) each, so fit times compare detectors on equal terms. Fit time is the worker's "
-        "CPU time for `fit` (for aeguard: training, export to ONNX and loading it), which other load on the "
-        "machine does not inflate; wall-clock figures are given too",
-        f"- Protocol (novelty): per dataset and seed ({', '.join(map(str, seeds))}), a seeded "
-        f"{TRAIN_FRACTION:.0%} of the normal rows is the training set for every detector; the test set is "
-        f"the other {1 - TRAIN_FRACTION:.0%} plus every anomaly. Datasets over {args.max_rows:,} rows are "
-        "subsampled first (stratified, fixed seed). Every detector runs with its default settings.",
-        "- Data: every .npz file (arrays X and y) in the directory; ADBench's classical sets are the "
-        "`adbench/datasets/Classical/` folder of https://github.com/Minqi824/ADBench",
-        "- How aeguard's defaults were tuned on these sets, and how to read small differences: "
-        "[training.md](training.md#defaults); cross-fitting, the deep peers (LUNAR, DeepSVDD, DIF) and what "
-        "was tried for satellite, optdigits and mammography: [quality-tuning.md](quality-tuning.md)",
-    ]
+    header = _header(args, detectors, seeds, started, elapsed_s, threads)
     if reused:
         header.append(
             f"- Reused: {len(reused)} of {len(results)} fits come from "
@@ -259,6 +218,62 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         log.warning("%d of %d fits failed; see the report's Failures section", failed, len(results))
     return 0 if failed < len(results) else 1
+
+
+def _check_run_args(args: argparse.Namespace, known: list[str]) -> tuple[list[str], list[int]]:
+    """The detectors and seeds asked for; refuses unknown detectors, bad seeds, jobs and row caps."""
+    detectors = _csv(args.detectors)
+    unknown = [d for d in detectors if d not in known]
+    if unknown or not detectors:
+        raise InvalidInputError(f"unknown detector(s) {unknown}; choose from {', '.join(known)}")
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError as exc:
+        raise InvalidInputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from exc
+    if not seeds:
+        raise InvalidInputError("--seeds needs at least one seed")
+    if args.jobs < 1 or args.max_rows < 10:
+        raise InvalidInputError("--jobs must be >= 1 and --max-rows >= 10")
+    return detectors, seeds
+
+
+def _progress(done: int, total: int, r: Result) -> None:
+    if r.error:
+        log.warning("[%d/%d] %s seed %d %s FAILED: %s", done, total, r.dataset, r.seed, r.detector, r.error)
+    else:
+        log.info(
+            "[%d/%d] %-12s seed %d %-8s ROC-AUC %.3f PR-AUC %.3f fit %.2f CPU s",
+            done, total, r.dataset, r.seed, r.detector, r.roc_auc, r.pr_auc, r.fit_cpu_s,
+        )  # fmt: skip
+
+
+def _header(
+    args: argparse.Namespace, detectors: list[str], seeds: list[int], started: dt.datetime, elapsed_s: float,
+    threads: int,
+) -> list[str]:  # fmt: skip
+    """The report's opening lines: command, run, versions, machine, protocol, data."""
+    from training.benchmark.data import TRAIN_FRACTION
+
+    return [
+        "# Detection quality",
+        "",
+        f"- Command: `{_command(args, detectors, seeds)}`",
+        f"- Run: {started:%Y-%m-%d %H:%M} UTC, {elapsed_s / 60:.1f} min wall-clock, commit {_git_commit()}",
+        f"- Versions: {_versions()}",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores; {args.jobs} worker process(es) with "
+        f"{threads} thread(s) each, so fit times compare detectors on equal terms. Fit time is the worker's "
+        "CPU time for `fit` (for aeguard: training, export to ONNX and loading it), which other load on the "
+        "machine does not inflate; wall-clock figures are given too",
+        f"- Protocol (novelty): per dataset and seed ({', '.join(map(str, seeds))}), a seeded "
+        f"{TRAIN_FRACTION:.0%} of the normal rows is the training set for every detector; the test set is "
+        f"the other {1 - TRAIN_FRACTION:.0%} plus every anomaly. Datasets over {args.max_rows:,} rows are "
+        "subsampled first (stratified, fixed seed). Every detector runs with its default settings.",
+        "- Data: every .npz file (arrays X and y) in the directory; ADBench's classical sets are the "
+        "`adbench/datasets/Classical/` folder of https://github.com/Minqi824/ADBench",
+        "- How aeguard's defaults were tuned on these sets, and how to read small differences: "
+        "[training.md](training.md#defaults); cross-fitting, the deep peers (LUNAR, DeepSVDD, DIF) and what "
+        "was tried for satellite, optdigits and mammography: [quality-tuning.md](quality-tuning.md)",
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m training.benchmark.main` as a shortcut

@@ -37,6 +37,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from service.errors import InvalidInputError
+from training.benchmark import report
 from training.benchmark.data import Dataset
 from training.benchmark.run import Result, limit_threads
 from training.data.tables import UNLABELLED
@@ -230,7 +231,6 @@ def run(
     args: argparse.Namespace, datasets: list[Dataset], seeds: list[int], header_info: dict[str, str]
 ) -> int:
     """Run every method at every fraction, print (and write) the markdown report."""
-    from training.benchmark import report
 
     fractions = parse_fractions(args.labelled_fraction)
     methods = list(METHODS)
@@ -243,15 +243,7 @@ def run(
     ]
     log.info("semi-supervised benchmark: %d fits on %d worker(s)", len(tasks), args.jobs)
     started = dt.datetime.now(dt.UTC)
-    per_fraction: dict[float, list[Result]] = {f: [] for f in fractions}
-    for i, (task, result) in enumerate(_run(tasks, args.jobs), 1):
-        for f in fractions if task.fraction is None else [task.fraction]:
-            per_fraction[f].append(result)
-        log.info(
-            "[%d/%d] %-12s seed %d %-12s %s ROC-AUC %.3f%s", i, len(tasks), task.dataset.name, task.seed,
-            task.method, "any" if task.fraction is None else f"{task.fraction:g}", result.roc_auc,
-            f" FAILED: {result.error}" if result.error else "",
-        )  # fmt: skip
+    per_fraction = _fit_all(tasks, fractions, args.jobs)
     elapsed_min = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
     names = [ds.name for ds in datasets]
     summaries = {f: report.summarize(per_fraction[f], names, methods) for f in fractions}
@@ -278,17 +270,7 @@ def run(
     for f in fractions:
         means = [summaries[f].mean["roc_auc"][m] for m in methods]
         lines.append(f"| {f:g} | " + " | ".join(report._best_marked(means, True)) + " |")
-    complete = {f: _complete_datasets(summaries[f], methods) for f in fractions}
-    if any(len(c) < len(names) for c in complete.values()):
-        lines += ["", "A detector that failed on a dataset is left out of that mean. Over the datasets where "
-                  "every detector has a result:", ""]  # fmt: skip
-        lines += ["| labelled fraction | datasets | " + " | ".join(methods) + " |"]
-        lines += ["| --- | ---: |" + " ---: |" * len(methods)]
-        for f in fractions:
-            table = summaries[f].table["roc_auc"]
-            means = [float(np.mean([table[ds][m] for ds in complete[f]])) for m in methods]
-            cells = report._best_marked(means, True)
-            lines.append(f"| {f:g} | {len(complete[f])} | " + " | ".join(cells) + " |")
+    lines += _complete_means(summaries, names, methods)
     lines += ["", "Detectors:", "", *[f"- `{m}`: {METHODS[m]}" for m in methods]]
     for f in fractions:
         lines += ["", f"## ROC-AUC at labelled fraction {f:g} (mean over seeds)", ""]
@@ -315,15 +297,49 @@ def run(
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     if args.raw:
-        args.raw.parent.mkdir(parents=True, exist_ok=True)
-        with args.raw.open("w", newline="") as fh:
-            writer = csv.writer(fh)  # quotes error messages, which hold commas
-            writer.writerow(
-                ["fraction", "dataset", "seed", "method", "roc_auc", "pr_auc", "fit_cpu_s", "error"]
-            )
-            for f in fractions:
-                for r in per_fraction[f]:
-                    writer.writerow(
-                        [f"{f:g}", r.dataset, r.seed, r.detector, r.roc_auc, r.pr_auc, r.fit_cpu_s, r.error]
-                    )
+        _write_raw(args.raw, per_fraction)
     return 0 if len(failures) < len(all_results) else 1
+
+
+def _fit_all(tasks: list[SemiTask], fractions: list[float], jobs: int) -> dict[float, list[Result]]:
+    """Every task's result, under each fraction it stands for (an unsupervised fit: all of them)."""
+    per_fraction: dict[float, list[Result]] = {f: [] for f in fractions}
+    for i, (task, result) in enumerate(_run(tasks, jobs), 1):
+        for f in fractions if task.fraction is None else [task.fraction]:
+            per_fraction[f].append(result)
+        log.info(
+            "[%d/%d] %-12s seed %d %-12s %s ROC-AUC %.3f%s", i, len(tasks), task.dataset.name, task.seed,
+            task.method, "any" if task.fraction is None else f"{task.fraction:g}", result.roc_auc,
+            f" FAILED: {result.error}" if result.error else "",
+        )  # fmt: skip
+    return per_fraction
+
+
+def _complete_means(summaries: dict[float, Any], names: list[str], methods: list[str]) -> list[str]:
+    """When a detector failed somewhere: the means over the datasets where every detector has a result."""
+
+    complete = {f: _complete_datasets(s, methods) for f, s in summaries.items()}
+    if all(len(c) == len(names) for c in complete.values()):
+        return []
+    lines = ["", "A detector that failed on a dataset is left out of that mean. Over the datasets where "
+             "every detector has a result:", ""]  # fmt: skip
+    lines += ["| labelled fraction | datasets | " + " | ".join(methods) + " |"]
+    lines += ["| --- | ---: |" + " ---: |" * len(methods)]
+    for f, summary in summaries.items():
+        table = summary.table["roc_auc"]
+        means = [float(np.mean([table[ds][m] for ds in complete[f]])) for m in methods]
+        cells = report._best_marked(means, True)
+        lines.append(f"| {f:g} | {len(complete[f])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _write_raw(path: Path, per_fraction: dict[float, list[Result]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)  # quotes error messages, which hold commas
+        writer.writerow(["fraction", "dataset", "seed", "method", "roc_auc", "pr_auc", "fit_cpu_s", "error"])
+        for f, results in per_fraction.items():
+            for r in results:
+                writer.writerow(
+                    [f"{f:g}", r.dataset, r.seed, r.detector, r.roc_auc, r.pr_auc, r.fit_cpu_s, r.error]
+                )

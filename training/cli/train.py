@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidInputError
 from training import defaults
 from training.registry import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from training.data.tables import Dataset
+    from training.result import TrainOptions
 
 
 def _int_list(text: str) -> list[int]:
@@ -35,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-data", metavar="FILE", help="with --default: also write the simulated data (.csv or .parquet)"
     )
-    g = parser.add_argument_group("data")
+    _add_data_arguments(parser.add_argument_group("data"))
+    _add_network_arguments(parser.add_argument_group("network"))
+    _add_optimisation_arguments(parser.add_argument_group("optimisation"))
+    _add_output_arguments(parser.add_argument_group("thresholds and output"))
+
+
+def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--label-column", metavar="NAME", help="0 = normal, 1 = anomaly (CSV / Parquet)")
     g.add_argument("--feature-columns", metavar="A,B,...", help="use only these columns")
     g.add_argument("--exclude-columns", metavar="A,B,...", help="leave these columns out")
@@ -51,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "autoencoder pretrains on every row not labelled anomalous, then an anomaly head on its "
         "fine-tuned encoder learns from the labels (score = -log(1 - p))",
     )
-    g = parser.add_argument_group("network")
+
+
+def _add_network_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--architecture",
         default=defaults.ARCHITECTURE,
@@ -91,7 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hidden layers: relu, elu, tanh or gelu; a comma-separated list trains one network per "
         f"entry and averages their scores in the one model (default: {defaults.ACTIVATION})",
     )
-    g = parser.add_argument_group("optimisation")
+
+
+def _add_optimisation_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-epochs", type=int, default=defaults.MAX_EPOCHS)
     g.add_argument("--patience", type=int, default=defaults.PATIENCE, help="early-stopping patience (epochs)")
     g.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
@@ -106,7 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "networks trained on all normal rows but a validation slice (K + 1 fits); 0: one fit on 60 %% "
         f"of them, 15 %% held out to calibrate (default: {defaults.CROSSFIT_FOLDS})",
     )
-    g = parser.add_argument_group("thresholds and output")
+
+
+def _add_output_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--threshold",
         action="append",
@@ -175,64 +193,19 @@ def run(args: argparse.Namespace) -> int:
     """Load the data, train, export, and print a summary (and write the report)."""
     import json
     import sys
-    from pathlib import Path
 
     _check_args(args)
     from training.calibration import thresholds as calibrate
 
     calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading
-
-    from training.data.tables import load_dataset
-
-    if args.default:
-        from training.builtin import DEFAULT_NAME, default_dataset
-
-        data = default_dataset(save_to=args.save_data)
-        name = args.name or DEFAULT_NAME
-    else:
-        data = load_dataset(
-            args.data,
-            label_column=args.label_column,
-            feature_columns=args.feature_columns,
-            exclude_columns=args.exclude_columns,
-            allow_unlabelled=args.semi_supervised,
-        )
-        if args.semi_supervised and data.labels is None:
-            raise InvalidInputError(
-                f"{data.source}: --semi-supervised needs labels; this NPZ has no array 'y'"
-            )
-        name = args.name or Path(args.data).stem
+    data, name = _load(args)
     # torch loads only now, so bad input is refused in a fraction of a second.
-    from training.api import TrainOptions, train_model
+    from training.api import train_model
     from training.cli.progress import EpochProgress
-    from training.fitting.fit import FitConfig, member_configs
+    from training.fitting.fit import member_configs
     from training.report.summary import format_summary
 
-    options = TrainOptions(
-        fit=FitConfig(
-            hidden=args.hidden,
-            coding_size=args.coding_size,
-            tied_weights=args.tied_weights,
-            denoise_sigma=args.denoise,
-            max_epochs=args.max_epochs,
-            patience=args.patience,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            activation=args.activation,
-            seed=args.seed,
-            architecture=args.architecture,
-            kl_weight=args.kl_weight,
-            kl_warmup_epochs=args.kl_warmup,
-        ),
-        thresholds=tuple(args.threshold or defaults.DEFAULT_THRESHOLDS),
-        name=name,
-        version=args.model_version,
-        contaminated=args.contaminated,
-        allow_overcomplete=args.allow_overcomplete,
-        crossfit_folds=args.crossfit_folds,
-        source=data.source,
-        semi_supervised=args.semi_supervised,
-    )
+    options = _options(args, data.source, name)
     members = len(member_configs(options.fit))
     with EpochProgress(args.max_epochs * members, enabled=not args.no_progress) as progress:
         result = train_model(
@@ -255,3 +228,54 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(result, report_index))
     sys.stdout.flush()
     return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Dataset, str]:
+    """The data set to train on (a file, or the built-in telemetry) and the model's name."""
+    from training.data.tables import load_dataset
+
+    if args.default:
+        from training.builtin import DEFAULT_NAME, default_dataset
+
+        return default_dataset(save_to=args.save_data), args.name or DEFAULT_NAME
+    data = load_dataset(
+        args.data,
+        label_column=args.label_column,
+        feature_columns=args.feature_columns,
+        exclude_columns=args.exclude_columns,
+        allow_unlabelled=args.semi_supervised,
+    )
+    if args.semi_supervised and data.labels is None:
+        raise InvalidInputError(f"{data.source}: --semi-supervised needs labels; this NPZ has no array 'y'")
+    return data, args.name or Path(args.data).stem
+
+
+def _options(args: argparse.Namespace, source: str, name: str) -> TrainOptions:
+    from training.fitting.fit import FitConfig  # torch
+    from training.result import TrainOptions
+
+    return TrainOptions(
+        fit=FitConfig(
+            hidden=args.hidden,
+            coding_size=args.coding_size,
+            tied_weights=args.tied_weights,
+            denoise_sigma=args.denoise,
+            max_epochs=args.max_epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            activation=args.activation,
+            seed=args.seed,
+            architecture=args.architecture,
+            kl_weight=args.kl_weight,
+            kl_warmup_epochs=args.kl_warmup,
+        ),
+        thresholds=tuple(args.threshold or defaults.DEFAULT_THRESHOLDS),
+        name=name,
+        version=args.model_version,
+        contaminated=args.contaminated,
+        allow_overcomplete=args.allow_overcomplete,
+        crossfit_folds=args.crossfit_folds,
+        source=source,
+        semi_supervised=args.semi_supervised,
+    )

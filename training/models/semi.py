@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from training import defaults
-from training.fitting.fit import seed_everything
+from training.fitting.fit import fit_scaler, seed_everything
 from training.models.ae import ACTIVATIONS, Autoencoder, ScoringGraph
 
 #: Added to the reconstruction score before its logarithm (whitened scores are about 1 on normal rows).
@@ -313,8 +313,6 @@ class ScratchClassifier(nn.Module):
 
     def __init__(self, x_fit: np.ndarray, hidden: list[int], coding_size: int, activation: str) -> None:
         super().__init__()
-        from training.fitting.fit import fit_scaler
-
         mean, scale = fit_scaler(x_fit)
         self.register_buffer("mean", torch.from_numpy(mean))
         self.register_buffer("scale", torch.from_numpy(scale))

@@ -18,6 +18,7 @@ import numpy as np
 
 from service.artifact import describe_threshold
 from training.registry import architecture
+from training.report.summary import format_summary
 
 if TYPE_CHECKING:
     from training.result import TrainResult
@@ -321,11 +322,50 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
     Path
         The ``index.html`` file.
     """
-    from training.report.summary import format_summary
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = result.metadata
+    figures, codes, tops = _common_figures(result, out)
+    for panel in architecture(result.architecture).report_panels:
+        figures += panel(result, out, _pyplot())
+    (out / "metadata.json").write_text(json.dumps(json.loads(meta.to_json()), indent=2, sort_keys=True))
+    ident = meta.evaluation.get("identity_check", {})
+    warning = ""
+    if ident.get("copying"):
+        warning = (
+            "<p class='warn'><b>Identity check failed:</b> shuffled or random rows reconstruct about as well "
+            "as real ones, so the model may be copying its input. Try a smaller coding size.</p>"
+        )
+    sections = "\n".join(
+        f"<h2>{html.escape(title)}</h2><figure>"
+        + (f"<img src='{file}' alt='{html.escape(title)}'>" if file else "")  # "": a figure in words
+        + f"<figcaption>{html.escape(text)}</figcaption></figure>"
+        for file, title, text in figures
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>aeguard report: {html.escape(meta.name)}</title>
+<style>{_CSS}</style></head><body>
+<h1>aeguard model <code>{html.escape(meta.name)}</code> {html.escape(meta.version)}</h1>
+<p class="sub">{html.escape(meta.training.get("source", ""))} &middot; created {html.escape(meta.created_at)}
+&middot; <a href="metadata.json">metadata.json</a></p>
+{warning}
+<h2>Summary</h2><pre>{html.escape(format_summary(result))}</pre>
+<h2>Thresholds on the evaluation split</h2>{_threshold_table(result)}
+{sections}
+<h2>Training rows that most activate each coding unit</h2>
+{_coding_table(result, tops, codes)}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page)
+    log.info("report written to %s", index)
+    return index
+
+
+def _common_figures(
+    result: TrainResult, out: Path
+) -> tuple[list[tuple[str, str, str]], np.ndarray, list[np.ndarray]]:
+    """Every kind's figures as ``(file, title, how to read it)``, and the coding units' top rows."""
     figures: list[tuple[str, str, str]] = []  # (file, title, how to read it)
     figures.append(
         (
@@ -381,37 +421,4 @@ def write_report(result: TrainResult, out_dir: str | Path) -> Path:
             "numbered from 1 in the data as `aeguard score` numbers them.",
         )
     )
-    for panel in architecture(result.architecture).report_panels:
-        figures += panel(result, out, _pyplot())
-    (out / "metadata.json").write_text(json.dumps(json.loads(meta.to_json()), indent=2, sort_keys=True))
-    ident = meta.evaluation.get("identity_check", {})
-    warning = ""
-    if ident.get("copying"):
-        warning = (
-            "<p class='warn'><b>Identity check failed:</b> shuffled or random rows reconstruct about as well "
-            "as real ones, so the model may be copying its input. Try a smaller coding size.</p>"
-        )
-    sections = "\n".join(
-        f"<h2>{html.escape(title)}</h2><figure>"
-        + (f"<img src='{file}' alt='{html.escape(title)}'>" if file else "")  # "": a figure in words
-        + f"<figcaption>{html.escape(text)}</figcaption></figure>"
-        for file, title, text in figures
-    )
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>aeguard report: {html.escape(meta.name)}</title>
-<style>{_CSS}</style></head><body>
-<h1>aeguard model <code>{html.escape(meta.name)}</code> {html.escape(meta.version)}</h1>
-<p class="sub">{html.escape(meta.training.get("source", ""))} &middot; created {html.escape(meta.created_at)}
-&middot; <a href="metadata.json">metadata.json</a></p>
-{warning}
-<h2>Summary</h2><pre>{html.escape(format_summary(result))}</pre>
-<h2>Thresholds on the evaluation split</h2>{_threshold_table(result)}
-{sections}
-<h2>Training rows that most activate each coding unit</h2>
-{_coding_table(result, tops, codes)}
-</body></html>
-"""
-    index = out / "index.html"
-    index.write_text(page)
-    log.info("report written to %s", index)
-    return index
+    return figures, codes, tops

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.artifact import (
+    ModelMetadata,
     describe_networks,
     describe_parity,
     describe_threshold,
@@ -58,7 +59,7 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
     str
     """
     meta = result.metadata
-    arch, train, ev, exp = meta.architecture, meta.training, meta.evaluation, meta.export
+    arch, train = meta.architecture, meta.training
     split = train["split_rows"]
     rows: list[tuple[str, str]] = [
         ("model", f"{meta.name} {meta.version} -> {result.path or '(not exported)'}"),
@@ -85,6 +86,17 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
     crossfit_line = describe_crossfit(train.get("crossfit"))
     if crossfit_line:
         rows.insert(3, ("cross-fit", crossfit_line))  # right after the split it explains
+    rows += _quality_rows(meta)
+    if report_index is not None:
+        rows.append(("report", str(report_index)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _quality_rows(meta: ModelMetadata) -> list[tuple[str, str]]:
+    """The thresholds with their quality, ROC-AUC / PR-AUC, normal scores, identity check and parity."""
+    ev, exp, split = meta.evaluation, meta.export, meta.training["split_rows"]
+    out: list[tuple[str, str]] = []
     per = ev.get("thresholds", {})
     for i, t in enumerate(meta.thresholds):
         m = per.get(t.name, {})
@@ -95,9 +107,9 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
             else f"flags {100 * m.get('flagged_rate', 0):.2f}% of held-out rows"
         )
         how = describe_threshold(t, split["calibration"])
-        rows.append(("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} {how}: {quality}"))
+        out.append(("thresholds" if i == 0 else "", f"{t.name:<10} {t.value:<11.5g} {how}: {quality}"))
     if "roc_auc" in ev:
-        rows.append(
+        out.append(
             (
                 "quality",
                 f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f}  on {ev['rows']} held-out rows",
@@ -105,11 +117,11 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
         )
     normal = ev.get("normal_scores", {})
     if normal.get("count"):
-        rows.append(("normal score", f"median {_fmt(normal['median'])}  p99 {_fmt(normal['p99'])}"))
+        out.append(("normal score", f"median {_fmt(normal['median'])}  p99 {_fmt(normal['p99'])}"))
     ident = ev.get("identity_check")
     if ident:
         verdict = "WARNING: reconstructs garbage about as well as data" if ident["copying"] else "ok"
-        rows.append(
+        out.append(
             (
                 "identity check",
                 f"shuffled columns {ident['shuffled_ratio']:.1f}x, noise {ident['noise_ratio']:.1f}x "
@@ -118,7 +130,7 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
         )
     if exp:
         generator = exp.get("generator")
-        rows.append(
+        out.append(
             (
                 "parity",
                 describe_parity(exp)
@@ -130,7 +142,4 @@ def format_summary(result: TrainResult, report_index: Path | None = None) -> str
                 ),
             )
         )
-    if report_index is not None:
-        rows.append(("report", str(report_index)))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return out
