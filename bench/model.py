@@ -23,7 +23,7 @@ def ensure_model(path: Path | None) -> Path:
     if DEFAULT_MODEL_PATH.is_file():
         return DEFAULT_MODEL_PATH
     try:  # the trainer lives in the 'train' extra; import it only when a model must be built
-        default = importlib.import_module("training.default")
+        default = importlib.import_module("training.builtin")
     except ModuleNotFoundError as exc:
         raise AeguardError(
             f"{DEFAULT_MODEL_PATH} is missing and cannot be trained here ({exc}); install the 'train' "

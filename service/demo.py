@@ -13,12 +13,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from service import config as config_module
-
-if TYPE_CHECKING:
-    from service.rpc.main import Serving
+from service.model_store import ModelStore
+from service.rpc.main import Serving, configure_logging, serve
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ def typical_sample(model_path: str, name: str) -> dict[str, float]:
     The model knows what normal looks like; a few passes through it land near typical values
     without shipping any training data.
     """
-    import numpy as np
-
-    from service.model_store import ModelStore
-
     store = ModelStore()
     store.load_path(model_path)
     scorer = store.get(name).scorer
@@ -97,8 +93,6 @@ Stop with Ctrl-C.
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.rpc.main import configure_logging, serve
-
     configure_logging(getattr(args, "verbose", False))
     values = {k: v for k, v in vars(args).items() if k in config_module.ServerConfig.__dataclass_fields__}
     if values.get("model") is None and "AEGUARD_MODEL" not in os.environ:
