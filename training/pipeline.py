@@ -334,6 +334,7 @@ def finish(run: Run, outcome: Outcome, out_path: str | Path | None) -> TrainResu
             "duration_s": round(time.perf_counter() - run.started, 3),
         },
         evaluation=json_safe(outcome.evaluation),
+        window=dict(run.samples.window),
         versions=library_versions(),
         created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     )

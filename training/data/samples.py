@@ -10,7 +10,8 @@ with the same signatures: time-ordered samples per series, and splits blocked in
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,9 @@ class Samples:
     labels: np.ndarray | None
     #: The input row each sample's score belongs to, ``[n_samples]``.
     rows: np.ndarray
+    #: The metadata's ``window`` section describing how samples were built (``{}``: each row alone;
+    #: a windowed kind: ``size``, ``step``, ``max_gap``, ``time_column``, ``series_column``).
+    window: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
