@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.rpc.main", "serve models over gRPC with Prometheus metrics"),
     "score": ("service.batch.cli", "batch-score a file or dataset, locally or on Spark"),
     "benchmark": ("training.benchmark.main", "detection-quality benchmark against peer detectors"),
+    "watch": ("service.watch.main", "score live Prometheus metrics with a model trained on their history"),
     "demo": ("service.demo", "train the built-in default model if missing, then serve it"),
 }
 
@@ -66,6 +67,7 @@ first steps:
   aeguard inspect model.onnx                        thresholds, features, quality, training figures
   aeguard serve --model model.onnx                  gRPC on 127.0.0.1:50051, metrics on :9464
   aeguard score --model model.onnx --input events.parquet --output scores.parquet
+  aeguard watch --prometheus http://prometheus:9090 --model model.onnx   (docs/watch.md)
 
 `aeguard COMMAND --help` lists a command's options. Exit codes: 0 ok, 2 bad input or settings
 (one line on stderr saying what to fix), 3 a missing optional extra, 130 interrupted."""

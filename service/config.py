@@ -16,11 +16,13 @@ import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from service.errors import InvalidInputError
 
 ENV_PREFIX = "AEGUARD_"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -128,25 +130,34 @@ class ServerConfig:
         cls, values: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
     ) -> ServerConfig:
         """Build from explicit values (flags; ``None`` = not given), then ``AEGUARD_*`` variables."""
-        values = dict(values or {})
-        environ = os.environ if environ is None else environ
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            given = values.get(f.name)
-            if given is None and (ENV_PREFIX + f.name.upper()) in environ:
-                raw = environ[ENV_PREFIX + f.name.upper()]
-                try:
-                    given = _field_type(f)(raw)
-                except ValueError:
-                    raise InvalidInputError(
-                        f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {_field_type(f).__name__}"
-                    ) from None
-            if given is not None:
-                kwargs[f.name] = given
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise InvalidInputError(f"unknown settings: {sorted(unknown)}")
-        return cls(**kwargs)
+        return settings_from_sources(cls, values, environ)
+
+
+def settings_from_sources(
+    cls: type[T], values: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> T:
+    """Build any settings dataclass from explicit values (flags; ``None`` = not given), then
+    ``AEGUARD_*`` variables, then its defaults."""
+    values = dict(values or {})
+    environ = os.environ if environ is None else environ
+    kwargs: dict[str, Any] = {}
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    for f in fields:
+        given = values.get(f.name)
+        if given is None and (ENV_PREFIX + f.name.upper()) in environ:
+            raw = environ[ENV_PREFIX + f.name.upper()]
+            try:
+                given = _field_type(f)(raw)
+            except ValueError:
+                raise InvalidInputError(
+                    f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {_field_type(f).__name__}"
+                ) from None
+        if given is not None:
+            kwargs[f.name] = given
+    unknown = set(values) - {f.name for f in fields}
+    if unknown:
+        raise InvalidInputError(f"unknown settings: {sorted(unknown)}")
+    return cls(**kwargs)
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:
@@ -154,9 +165,9 @@ def _field_type(f: dataclasses.Field[Any]) -> type:
 
 
 @functools.cache
-def field_docs() -> dict[str, str]:
-    """The docstring under each field of :class:`ServerConfig` (the one place settings are described)."""
-    tree = ast.parse(inspect.getsource(ServerConfig))
+def field_docs(cls: type = ServerConfig) -> dict[str, str]:
+    """The docstring under each field of a settings class (the one place settings are described)."""
+    tree = ast.parse(inspect.getsource(cls))
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     for stmt, nxt in itertools.pairwise(body):
@@ -170,10 +181,10 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field; defaults stay ``None`` so :meth:`ServerConfig.from_sources` can layer them."""
-    docs = field_docs()
-    for f in dataclasses.fields(ServerConfig):
+def add_arguments(parser: argparse.ArgumentParser, cls: type = ServerConfig) -> None:
+    """One flag per field; defaults stay ``None`` so :func:`settings_from_sources` can layer them."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
         env = ENV_PREFIX + f.name.upper()
         parser.add_argument(
             "--" + f.name.replace("_", "-"),

@@ -1,0 +1,147 @@
+"""A tiny Prometheus HTTP API on 127.0.0.1 for the watch tests: real sockets, answers we control.
+
+It speaks ``/api/v1/query`` and ``/api/v1/query_range`` as Prometheus does (form POST, JSON with
+``status``/``data``/``resultType``; HTTP 400 ``bad_data`` past 11,000 points per series), for
+queries that are simply a feature name. Each instance's value of feature ``j`` at time ``t`` is
+row ``(t / step + offset) % n`` of a matrix of normal rows. Tests switch on failures, delays,
+missing features, NaN values and auth, and read the requests it received.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+
+@dataclass
+class FakeState:
+    rows: np.ndarray  # [n, d] normal values
+    features: list[str]
+    instances: list[str]
+    step_s: float = 10.0
+    fail_next: int = 0  # the next N requests get HTTP 503
+    fail_status: int = 503
+    delay_s: float = 0.0
+    missing: dict[str, set[str]] = field(default_factory=dict)  # feature -> instances without it
+    nan: dict[str, set[str]] = field(default_factory=dict)  # feature -> instances whose value is NaN
+    duplicated: set[str] = field(default_factory=set)  # features returned twice for the first instance
+    anomalous: dict[str, float] = field(default_factory=dict)  # instance -> factor applied to feature 0
+    require_auth: str = ""  # the exact Authorization header required, if any
+    requests: list[dict] = field(default_factory=list)
+
+    def value(self, feature: str, instance: str, t: float) -> float:
+        j = self.features.index(feature)
+        i = (round(t / self.step_s) + 97 * self.instances.index(instance)) % len(self.rows)
+        v = float(self.rows[i, j])
+        if instance in self.nan.get(feature, set()):
+            return math.nan
+        if j == 0 and instance in self.anomalous:
+            v *= self.anomalous[instance]
+        return v
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: FakeState
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        params = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(length).decode()).items()}
+        st = self.state
+        st.requests.append(
+            {"path": self.path, "params": params, "auth": self.headers.get("Authorization", "")}
+        )
+        if st.delay_s:
+            time.sleep(st.delay_s)
+        if st.require_auth and self.headers.get("Authorization") != st.require_auth:
+            return self._send(401, {"status": "error", "errorType": "unauthorized", "error": "no"})
+        if st.fail_next > 0:
+            st.fail_next -= 1
+            return self._send(
+                st.fail_status, {"status": "error", "errorType": "unavailable", "error": "down"}
+            )
+        query = params.get("query", "")
+        if query not in st.features:
+            return self._send(
+                400, {"status": "error", "errorType": "bad_data", "error": f"parse error: {query}"}
+            )
+        if self.path == "/api/v1/query":
+            at = float(params["time"])
+            result = [
+                {"metric": m, "value": [at, _fmt(st.value(query, inst, at))]}
+                for inst, m in self._series(query)
+            ]
+            return self._send(200, {"status": "success", "data": {"resultType": "vector", "result": result}})
+        start, end, step = float(params["start"]), float(params["end"]), float(params["step"])
+        points = math.floor((end - start) / step) + 1
+        if points > 11_000:
+            return self._send(
+                400,
+                {
+                    "status": "error",
+                    "errorType": "bad_data",
+                    "error": "exceeded maximum resolution of 11,000 points",
+                },
+            )
+        times = start + step * np.arange(points)
+        result = [
+            {"metric": m, "values": [[float(t), _fmt(st.value(query, inst, float(t)))] for t in times]}
+            for inst, m in self._series(query)
+        ]
+        return self._send(200, {"status": "success", "data": {"resultType": "matrix", "result": result}})
+
+    def _series(self, query: str) -> list[tuple[str, dict[str, str]]]:
+        st = self.state
+        out = [
+            (inst, {"instance": inst, "job": "fake"})
+            for inst in st.instances
+            if inst not in st.missing.get(query, set())
+        ]
+        if query in st.duplicated:
+            out.append((st.instances[0], {"instance": st.instances[0], "job": "other"}))
+        return out
+
+    def _send(self, status: int, doc: dict) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _fmt(v: float) -> str:
+    return "NaN" if math.isnan(v) else repr(v)
+
+
+class FakePrometheus:
+    """Start with ``with FakePrometheus(state) as prom:``; ``prom.url`` is its base URL."""
+
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+        handler = type("Handler", (_Handler,), {"state": state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakePrometheus:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
