@@ -335,7 +335,8 @@ def trained(prom: FakePrometheus, tmp_path_factory: pytest.TempPathFactory) -> P
     argv += [a for f in FEATURES for a in ("--query", f"{f}={f}")]
     argv += ["--start", str(end - 700 * STEP_S), "--end", str(end), "--out", str(out_dir / "fake.onnx")]
     argv += ["--name", "fake", "--model-version", "1", "--save-data", str(out_dir / "history.csv")]
-    argv += ["--max-epochs", "40", "--no-progress", "--hidden", "16", "--coding-size", "2"]
+    argv += ["--max-epochs", "30", "--crossfit-folds", "0", "--no-progress"]
+    argv += ["--hidden", "16", "--coding-size", "2"]
     argv += ["--threshold", "warning=q0.99", "--threshold", "critical=q0.999"]
     assert main(argv) == 0
     return out_dir / "fake.onnx"

@@ -145,3 +145,73 @@ class FakePrometheus:
 
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -- the real Prometheus (Debian's package) --------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_openmetrics(path, families: dict[str, list[tuple[dict[str, str], np.ndarray, np.ndarray]]]) -> None:
+    """Gauge families ``{name: [(labels, timestamps_s, values), ...]}`` as an OpenMetrics file for
+    ``promtool tsdb create-blocks-from openmetrics`` (samples grouped per family, then ``# EOF``)."""
+    with open(path, "w") as fh:
+        for name, series in families.items():
+            fh.write(f"# TYPE {name} gauge\n")
+            for labels, ts, values in series:
+                text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+                fh.writelines(f"{name}{{{text}}} {v:.6g} {int(t)}\n" for t, v in zip(ts, values, strict=True))
+        fh.write("# EOF\n")
+
+
+def backfill(openmetrics, data_dir) -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (make system-deps)"
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", str(openmetrics), str(data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def start_prometheus(config_path, data_dir, port: int, log_path):
+    """Start Prometheus on 127.0.0.1:``port`` with a long retention (backfilled history); returns the Popen."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed (make system-deps)"
+    return subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={data_dir}",
+            "--storage.tsdb.retention.time=3650d",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "a"),
+    )
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready within {timeout_s} s")

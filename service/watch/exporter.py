@@ -54,7 +54,7 @@ SCORE_FAMILIES = (
     ("aeguard_watch_score", "Raw anomaly score (reconstruction error); higher is more anomalous.", "score"),
     (
         "aeguard_watch_severity_level",
-        "Highest threshold crossed: 0 = none, i = the model's i-th threshold .",
+        "Highest threshold crossed: 0 = none, i = the model's i-th threshold, lowest first.",
         "severity_level",
     ),
     ("aeguard_watch_anomaly", "1 when the score crosses the primary threshold, else 0.", "is_anomaly"),

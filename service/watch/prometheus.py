@@ -98,24 +98,39 @@ class PrometheusClient:
         return headers
 
     def _post(self, endpoint: str, params: dict[str, str]) -> dict:
-        """POST a form to ``/api/v1/<endpoint>``; the decoded ``data`` of a success, else raise."""
+        """POST a form to ``/api/v1/<endpoint>``; the decoded ``data`` of a success, else raise.
+
+        ``on_request`` is told the time on the wire (sending, waiting, reading the body), not decoding.
+        """
         body = urllib.parse.urlencode(params).encode()
         request = urllib.request.Request(f"{self.base}/api/v1/{endpoint}", data=body, headers=self._headers())
         started = time.perf_counter()
-        outcome = "ok"
         try:
-            return self._exchange(request, endpoint)
+            raw = self._exchange(request, endpoint)
         except PrometheusError as exc:
-            outcome = exc.reason
+            self.on_request(endpoint, time.perf_counter() - started, exc.reason)
             raise
-        finally:
-            self.on_request(endpoint, time.perf_counter() - started, outcome)
+        elapsed = time.perf_counter() - started
+        try:
+            doc = json.loads(raw)
+            if doc.get("status") != "success":
+                raise ValueError(doc.get("error", "status is not success"))
+            data = doc["data"]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.on_request(endpoint, elapsed, "bad_response")
+            raise PrometheusError(
+                f"{endpoint}: unusable answer from {self.base} ({str(exc)[:200]})",
+                "bad_response",
+                retryable=True,
+            ) from exc
+        self.on_request(endpoint, elapsed, "ok")
+        return data
 
-    def _exchange(self, request: urllib.request.Request, endpoint: str) -> dict:
+    def _exchange(self, request: urllib.request.Request, endpoint: str) -> bytes:
         context = self._context if request.full_url.startswith("https") else None
         try:
             with urllib.request.urlopen(request, timeout=self.access.timeout_s, context=context) as response:
-                raw = response.read()
+                return bytes(response.read())
         except urllib.error.HTTPError as exc:
             raise _http_error(exc, endpoint) from None
         except TimeoutError as exc:
@@ -130,17 +145,6 @@ class PrometheusClient:
                 ) from exc
             raise PrometheusError(
                 f"{endpoint}: cannot reach {self.base} ({reason})", "unreachable", retryable=True
-            ) from exc
-        try:
-            doc = json.loads(raw)
-            if doc.get("status") != "success":
-                raise ValueError(doc.get("error", "status is not success"))
-            return doc["data"]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PrometheusError(
-                f"{endpoint}: unusable answer from {self.base} ({str(exc)[:200]})",
-                "bad_response",
-                retryable=True,
             ) from exc
 
     # -- queries ------------------------------------------------------------------------------------

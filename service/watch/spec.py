@@ -95,11 +95,13 @@ def watch_spec(metadata: ModelMetadata, source: str = "model") -> WatchSpec:
         group_by = tuple(str(x) for x in entry.get("group_by", []))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelLoadError(f"{source}: malformed training.{SOURCE_KEY} entry ({exc})") from exc
-    if list(queries) != list(metadata.feature_names):
+    # JSON objects are unordered (the metadata is written with sorted keys): the features give the order.
+    if set(queries) != set(metadata.feature_names):
         raise ModelLoadError(
             f"{source}: the recorded queries {list(queries)} do not match the feature names "
             f"{metadata.feature_names}"
         )
+    queries = {name: queries[name] for name in metadata.feature_names}
     if not step_s > 0:
         raise ModelLoadError(f"{source}: recorded step {step_s} must be > 0")
     window = getattr(metadata, "window", None) or {}
