@@ -12,9 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -149,8 +153,6 @@ def basic(user: str, password: str) -> str:
 
 # -- the real Prometheus (Debian's package) --------------------------------------------------------
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -169,9 +171,6 @@ def write_openmetrics(path, families: dict[str, list[tuple[dict[str, str], np.nd
 
 
 def backfill(openmetrics, data_dir) -> None:
-    import shutil
-    import subprocess
-
     promtool = shutil.which("promtool")
     assert promtool, "promtool is not installed (make system-deps)"
     subprocess.run(
@@ -183,10 +182,7 @@ def backfill(openmetrics, data_dir) -> None:
 
 
 def start_prometheus(config_path, data_dir, port: int, log_path):
-    """Start Prometheus on 127.0.0.1:``port`` with a long retention (backfilled history); returns the Popen."""
-    import shutil
-    import subprocess
-
+    """Start Prometheus on 127.0.0.1:``port``, retention long enough for backfilled history."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed (make system-deps)"
     return subprocess.Popen(
@@ -203,8 +199,6 @@ def start_prometheus(config_path, data_dir, port: int, log_path):
 
 
 def wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:

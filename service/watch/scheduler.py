@@ -70,6 +70,8 @@ class CycleReport:
     scored: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     failed_models: dict[str, str] = field(default_factory=dict)  # model -> reason
+    #: Wall time per phase: fetch (queries, decoding included), align, score, publish.
+    phase_s: Counter[str] = field(default_factory=Counter)
 
     @property
     def result(self) -> str:
@@ -165,7 +167,9 @@ class Watcher:
     # -- one model ---------------------------------------------------------------------------------
     def _score_model(self, model: LoadedModel, at: float, deadline: float, report: CycleReport) -> None:
         spec = watch_spec(model.metadata, model.source)
+        t0 = time.perf_counter()
         results, other_shard = self._fetch(spec, at, deadline)
+        t1 = time.perf_counter()
         table = align(results, spec.group_by)
         chosen = self._within_limit(model.name, table)
         size = spec.window_size
@@ -173,6 +177,7 @@ class Watcher:
         groups, windows, skipped = last_windows(table, size, spec.step_s, end, chosen)
         skipped.update(table.dropped_groups)
         skipped[OVER_LIMIT] += len(table.groups) - len(chosen)
+        t2 = t3 = time.perf_counter()
         if groups:
             try:
                 batch = model.scorer.score(
@@ -181,7 +186,11 @@ class Watcher:
             except AeguardError:
                 skipped[MODEL_ERROR] += len(groups)
                 raise
+            t3 = time.perf_counter()
             self._publish(model, spec, table, groups, batch, end)
+        report.phase_s.update(
+            {"fetch": t1 - t0, "align": t2 - t1, "score": t3 - t2, "publish": time.perf_counter() - t3}
+        )
         for reason, count in skipped.items():
             if count:
                 self.metrics.rows_skipped.labels(model.name, reason).inc(count)
