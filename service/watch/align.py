@@ -79,83 +79,80 @@ class Table:
 
 
 def group_key(labels: Mapping[str, str], group_by: Sequence[str]) -> GroupKey:
-    return tuple(labels.get(name, "") for name in group_by)
+    return tuple([labels.get(name, "") for name in group_by])
 
 
 def align(results: Mapping[str, list[Series]], group_by: Sequence[str]) -> Table:
     """Join the features' series on (group, timestamp); drop and count incomplete rows.
 
-    ``results`` maps each feature name (in order) to the series its query returned.
+    ``results`` maps each feature name (in order) to the series its query returned. Vectorised over
+    all groups at once: a cycle over thousands of groups spends its time in numpy, not in Python.
     """
     features = list(results)
-    skipped: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    per_feature: list[dict[GroupKey, Series]] = []
-    ambiguous: set[GroupKey] = set()
-    for name in features:
-        by_group: dict[GroupKey, Series] = {}
-        for s in results[name]:
-            key = group_key(s.labels, group_by)
-            if key in by_group:
-                ambiguous.add(key)
-            by_group[key] = s
-        per_feature.append(by_group)
-    all_groups = sorted(set().union(*per_feature)) if per_feature else []
-    groups: list[GroupKey] = []
-    index_parts, ts_parts, x_parts = [], [], []
-    for key in all_groups:
-        present = [f.get(key) for f in per_feature]
-        stamps = np.unique(np.concatenate([s.timestamps for s in present if s is not None]))
-        if key in ambiguous:
-            skipped[DUPLICATE_SERIES] += stamps.size
-            dropped[DUPLICATE_SERIES] += 1
-            continue
-        if any(s is None for s in present):
-            skipped[MISSING_FEATURE] += stamps.size
-            dropped[MISSING_FEATURE] += 1
-            continue
-        rows = _join(present, stamps, skipped)  # type: ignore[arg-type]
-        if isinstance(rows, str):
-            dropped[rows] += 1
-            continue
-        kept_ts, x = rows
-        index_parts.append(np.full(kept_ts.size, len(groups), dtype=np.int64))
-        ts_parts.append(kept_ts)
-        x_parts.append(x)
-        groups.append(key)
     d = len(features)
+    keyed = [[(group_key(s.labels, group_by), s) for s in results[name]] for name in features]
+    ambiguous = {k for pairs in keyed for k, n in Counter(k for k, _ in pairs).items() if n > 1}
+    all_keys = sorted({k for pairs in keyed for k, _ in pairs})
+    ids = {k: i for i, k in enumerate(all_keys)}
+    # Flat (group id, time in ms, value) per feature; time indices over the union of all times.
+    flat = [_flatten(pairs, ids) for pairs in keyed]
+    times = np.unique(np.concatenate([f[1] for f in flat])) if flat else np.zeros(0, np.int64)
+    row_keys = [f[0] * max(1, times.size) + np.searchsorted(times, f[1]) for f in flat]
+    rows = np.unique(np.concatenate(row_keys)) if row_keys else np.zeros(0, np.int64)
+    x = np.full((rows.size, d), np.nan)
+    have = np.zeros((rows.size, d), dtype=bool)
+    for j, (keys, (_, _, values)) in enumerate(zip(row_keys, flat, strict=True)):
+        pos = np.searchsorted(rows, keys)
+        x[pos, j] = values
+        have[pos, j] = True
+    row_group = rows // max(1, times.size)
+    bad = np.isin(row_group, [ids[k] for k in ambiguous])
+    complete = np.all(have, axis=1) & ~bad
+    finite = np.all(np.isfinite(x), axis=1)
+    keep = complete & finite
+    skipped: Counter[str] = Counter()
+    for reason, mask in ((DUPLICATE_SERIES, bad), (MISSING_FEATURE, ~have.all(axis=1) & ~bad)):
+        if mask.any():
+            skipped[reason] = int(mask.sum())
+    if (complete & ~finite).any():
+        skipped[NON_FINITE] = int((complete & ~finite).sum())
+    dropped = _dropped_groups(row_group, keep, bad, complete, len(all_keys))
+    kept_ids, group_index = np.unique(row_group[keep], return_inverse=True)
     return Table(
         group_by=tuple(group_by),
         feature_names=features,
-        groups=groups,
-        group_index=np.concatenate(index_parts) if index_parts else np.zeros(0, dtype=np.int64),
-        timestamps=np.concatenate(ts_parts) if ts_parts else np.zeros(0),
-        x=np.vstack(x_parts).astype(np.float32) if x_parts else np.zeros((0, d), dtype=np.float32),
+        groups=[all_keys[i] for i in kept_ids.tolist()],
+        group_index=group_index.astype(np.int64).reshape(-1),
+        timestamps=times[rows[keep] % max(1, times.size)] / 1000.0,
+        x=x[keep].astype(np.float32),
         skipped=skipped,
         dropped_groups=dropped,
     )
 
 
-def _join(
-    present: list[Series], stamps: np.ndarray, skipped: Counter[str]
-) -> tuple[np.ndarray, np.ndarray] | str:
-    """One group's features on the union of their timestamps; rows lacking a value are dropped (when
-    none is left: the reason its last row was dropped)."""
-    n, d = stamps.size, len(present)
-    x = np.full((n, d), np.nan)
-    have = np.zeros((n, d), dtype=bool)
-    for j, s in enumerate(present):
-        pos = np.searchsorted(stamps, s.timestamps)
-        x[pos, j] = s.values
-        have[pos, j] = True
-    complete = np.all(have, axis=1)
-    finite: np.ndarray = np.isfinite(x).all(axis=1)
-    skipped[MISSING_FEATURE] += int((~complete).sum())
-    skipped[NON_FINITE] += int((complete & ~finite).sum())
-    keep = complete & finite
-    if not keep.any():
-        return MISSING_FEATURE if not bool(complete[-1]) else NON_FINITE
-    return stamps[keep], x[keep]
+def _flatten(pairs: list[tuple[GroupKey, Series]], ids: dict[GroupKey, int]) -> tuple[np.ndarray, ...]:
+    """One feature's series as flat arrays: group id, time (integer ms), value."""
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    sizes = [s.timestamps.size for _, s in pairs]
+    group = np.repeat(np.array([ids[k] for k, _ in pairs], dtype=np.int64), sizes)
+    stamps = np.rint(np.concatenate([s.timestamps for _, s in pairs]) * 1000).astype(np.int64)
+    return group, stamps, np.concatenate([s.values for _, s in pairs])
+
+
+def _dropped_groups(
+    row_group: np.ndarray, keep: np.ndarray, bad: np.ndarray, complete: np.ndarray, n_groups: int
+) -> Counter[str]:
+    """Groups left without a row, by the reason their last row was dropped."""
+    dropped: Counter[str] = Counter()
+    if row_group.size == 0:
+        return dropped
+    kept_per_group = np.bincount(row_group[keep], minlength=n_groups)
+    last = np.flatnonzero(np.r_[row_group[1:] != row_group[:-1], True])  # each group's last row
+    for r in last[kept_per_group[row_group[last]] == 0].tolist():
+        reason = DUPLICATE_SERIES if bad[r] else MISSING_FEATURE if not complete[r] else NON_FINITE
+        dropped[reason] += 1
+    return dropped
 
 
 def last_windows(
