@@ -67,6 +67,25 @@ AGREED_METRICS = {
     "aeguard_batch_anomalies_total",
     "aeguard_batch_duration_seconds",
     "aeguard_batch_last_success_timestamp_seconds",
+    # `aeguard watch` (service/watch/exporter.py, docs/watch.md)
+    "aeguard_watch_normalized_score",
+    "aeguard_watch_score",
+    "aeguard_watch_severity_level",
+    "aeguard_watch_anomaly",
+    "aeguard_watch_score_timestamp_seconds",
+    "aeguard_watch_top_feature_share",
+    "aeguard_watch_model_threshold",
+    "aeguard_watch_model_info",
+    "aeguard_watch_queries_total",
+    "aeguard_watch_query_duration_seconds",
+    "aeguard_watch_cycles_total",
+    "aeguard_watch_cycle_duration_seconds",
+    "aeguard_watch_groups",
+    "aeguard_watch_rows_skipped_total",
+    "aeguard_watch_model_failures_total",
+    "aeguard_watch_scores_expired_total",
+    "aeguard_watch_last_success_timestamp_seconds",
+    "aeguard_watch_model_reloads_total",
 }
 
 
@@ -220,6 +239,7 @@ def test_kustomize_renders_every_listed_resource(rendered: dict) -> None:
         "CronJob",
         "ServiceMonitor",
         "PrometheusRule",
+        "StatefulSet",
     ):
         assert any(k == kind for k, _ in rendered), f"no {kind} in the base"
     assert all(
@@ -314,7 +334,15 @@ def test_the_publish_example_writes_beside_then_renames() -> None:
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "aeguard-models"
 
 
-@pytest.mark.parametrize("kind,name", [("Deployment", "aeguard"), ("CronJob", "aeguard-score")])
+@pytest.mark.parametrize(
+    "kind,name",
+    [
+        ("Deployment", "aeguard"),
+        ("CronJob", "aeguard-score"),
+        ("StatefulSet", "aeguard-watch"),
+        ("CronJob", "aeguard-watch-retrain"),
+    ],
+)
 def test_workloads_are_locked_down_and_sized(rendered: dict, kind: str, name: str) -> None:
     workload = rendered[kind, name]
     pod = pod_spec(workload)["spec"]
@@ -414,6 +442,81 @@ def test_cronjob_command_is_a_valid_aeguard_score_invocation(rendered: dict) -> 
     assert Path(config.output_path).parent == Path("/data/output")
 
 
+def test_watch_statefulset_settings_agree_with_watch_settings(rendered: dict) -> None:
+    from service.config import ENV_PREFIX, settings_from_sources
+    from service.watch.config import WatchSettings
+    from service.watch.main import settings_from_args
+
+    workload = rendered["StatefulSet", "aeguard-watch"]
+    c = container(workload)
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    fields = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(WatchSettings)}
+    assert set(env) <= fields, f"not settings of `aeguard watch`: {set(env) - fields}"
+    settings = settings_from_sources(WatchSettings, {}, environ=env)
+    assert settings.host == "0.0.0.0" and settings.model == "/models"
+    # The shard comes from the pod's ordinal; N must be the replica count.
+    (pod_index,) = [e for e in c["env"] if e["name"] == "POD_INDEX"]
+    assert (
+        pod_index["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert c["args"][:2] == ["watch", "--shard"]
+    replicas = workload["spec"]["replicas"]
+    assert c["args"][2] == f"$(POD_INDEX)/{replicas}"
+    from service.cli import build_parser
+
+    for i in range(replicas):
+        argv = [*c["args"][:2], c["args"][2].replace("$(POD_INDEX)", str(i))]
+        args = build_parser(argv).parse_args(argv)
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            assert settings_from_args(args).shard_index == (i, replicas)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": settings.metrics_port}
+    service = rendered["Service", "aeguard-watch"]
+    assert service["spec"]["clusterIP"] == "None" and workload["spec"]["serviceName"] == "aeguard-watch"
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = rendered["ServiceMonitor", "aeguard-watch"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True, "keeps the watched groups' instance label"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "aeguard-watch-models"
+    policy = rendered["NetworkPolicy", "aeguard-watch"]
+    selected = policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    assert pod_labels["app.kubernetes.io/component"] in selected
+
+
+def test_watch_retrain_cronjob_trains_from_prometheus_and_publishes_by_rename(rendered: dict) -> None:
+    from service.cli import build_parser
+    from training.cli_train import _check_args
+
+    cron = rendered["CronJob", "aeguard-watch-retrain"]
+    c = container(cron)
+    assert c["image"].startswith("aeguard-train"), "training needs torch: not the serving image"
+    steps = [s.strip() for s in c["args"][0].split(";") if s.strip()]
+    assert steps[0] == "set -e"
+    train, inspect, publish = (shlex.split(s) for s in steps[1:])
+    assert train[:2] == ["aeguard", "train"]
+    args = build_parser(train[1:]).parse_args(train[1:])
+    _check_args(args)
+    assert args.prometheus and args.query and args.group_by == "instance"
+    partial = Path(args.out)
+    assert partial.name.startswith(".") and not partial.name.endswith(".onnx"), "watch must not load it"
+    assert inspect == ["aeguard", "inspect", args.out]
+    assert publish[:2] == ["mv", args.out] and Path(publish[2]).parent == partial.parent
+    assert publish[2].endswith(".onnx")
+    volumes = {v["name"]: v for v in pod_spec(cron)["spec"]["volumes"]}
+    claim = volumes["models"]["persistentVolumeClaim"]["claimName"]
+    watch_volumes = rendered["StatefulSet", "aeguard-watch"]["spec"]["template"]["spec"]["volumes"]
+    assert (
+        claim == next(v for v in watch_volumes if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
+    )
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
+    assert mount["mountPath"] == str(partial.parent) and not mount.get("readOnly")
+
+
 # -- Prometheus ----------------------------------------------------------------------------------
 def test_rule_files_pass_promtool_check() -> None:
     result = run(tool("promtool"), "check", "rules", *map(str, RULE_FILES))
@@ -469,6 +572,7 @@ def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path: Path) -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["aeguard"]["static_configs"][0]["targets"] == ["aeguard:9464"]
     assert jobs["pushgateway"]["honor_labels"] is True, "keeps the batch job's job label"
+    assert jobs["aeguard-watch"]["honor_labels"] is True, "keeps the watched groups' instance label"
     # Point rule_files at this checkout (compose mounts them at /etc/prometheus/rules).
     config["rule_files"] = [str(PROM / "rules" / "*.yml")]
     local = tmp_path / "prometheus.yml"

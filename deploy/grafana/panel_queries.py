@@ -18,9 +18,17 @@ from pathlib import Path
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "aeguard.json"
 
-#: What each Grafana variable stands for when a query runs outside Grafana: every model, and
-#: a rate window of four 15 s scrapes (Grafana's $__rate_interval for the default scrape).
-DEFAULT_VARIABLES = {"model": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+#: What each Grafana variable stands for when a query runs outside Grafana: every model and watched
+#: instance, a rate window of four 15 s scrapes (Grafana's $__rate_interval for the default scrape),
+#: and `up` as the metric drawn beside watch's scores.
+DEFAULT_VARIABLES = {
+    "model": ".*",
+    "instance": ".*",
+    "watched_metric": "up",
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "1h",
+}
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
