@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/aeguard/v1/aeguard.proto
 STUBS := service/rpc/api/aeguard_pb2.py
 
-.PHONY: install proto run test test-fast lint bench bench-peers soak quality clean node-deps system-deps
+.PHONY: install proto run test test-fast lint bench bench-peers bench-watch soak quality clean node-deps system-deps
 
 install: $(STAMP) $(STUBS)
 
@@ -88,6 +88,10 @@ $(MLSERVER_STAMP):
 
 bench-peers: install $(MLSERVER_STAMP)
 	$(PY) -m bench --only peers --mlserver-python $(MLSERVER_VENV)/bin/python
+
+# One `aeguard watch` cycle against a backfilled Prometheus: duration and CPU for 10/100/1000 groups.
+bench-watch: install system-deps
+	$(PY) bench/watch_cycle.py
 
 # 10 minutes of mixed load on the default --processes; RSS and fds of every process (not run by CI).
 soak: install
