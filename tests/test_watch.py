@@ -514,3 +514,89 @@ def test_watch_serves_metrics_and_exits_promptly_on_sigterm(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_history_counts_what_it_drops(prom: FakePrometheus, fake: FakeState) -> None:
+    from service.watch.history import fetch_history
+
+    fake.missing["f2"] = {"e"}
+    fake.nan["f1"] = {"d"}
+    client = PrometheusClient(PrometheusAccess(prom.url))
+    queries = {f: f for f in FEATURES}
+    table = fetch_history(client, queries, 1000.0, 1000.0 + 9 * STEP_S, STEP_S, ("instance",))
+    assert table.groups == [("a",), ("b",), ("c",)] and table.n_rows == 30
+    assert table.skipped == Counter({al.MISSING_FEATURE: 10, al.NON_FINITE: 10})
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--step", "10s"], "--start"),
+        (["--start", "now-1h", "--step", "soon"], "--step"),
+        (["--start", "now-1h", "--step", "10s", "--end", "now-2h"], "after --start"),
+        (["--start", "now-1h", "--step", "10s", "--group-by", "model_name"], "group-by"),
+    ],
+)
+def test_train_from_prometheus_refuses_bad_flags_in_one_line(
+    prom: FakePrometheus, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    from service.cli import main
+
+    argv = ["train", "--prometheus", prom.url, "--query", "f0=f0", "--out", str(tmp_path / "m.onnx"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_query_without_prometheus_is_refused(tmp_path: Path, capsys) -> None:
+    from service.cli import main
+
+    assert main(["train", "--default", "--query", "a=b", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "need --prometheus" in capsys.readouterr().err
+
+
+def test_watch_reloads_a_republished_model(trained: Path, prom: FakePrometheus, tmp_path: Path) -> None:
+    import json as jsonlib
+    import shutil
+
+    import onnx
+
+    from service.artifact import METADATA_KEY
+    from service.watch.main import start_watch
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(trained, models / "fake.onnx")
+    settings = WatchSettings(
+        prometheus=prom.url, model=str(models), interval="200ms", metrics_port=0, reload_interval_s=0.2
+    )
+    handle = start_watch(settings)
+    try:
+
+        def scores() -> dict[str, set[str]]:
+            url = f"http://127.0.0.1:{handle.metrics_port}/metrics"
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            fams = {f.name: f for f in text_string_to_metric_families(text)}
+            return {
+                name: {s.labels["model_version"] for s in fams[name].samples}
+                for name in ("aeguard_watch_model_info", "aeguard_watch_normalized_score")
+            }
+
+        _until(lambda: scores()["aeguard_watch_normalized_score"] == {"1"})
+        model = onnx.load(str(trained))
+        prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+        prop.value = jsonlib.dumps({**jsonlib.loads(prop.value), "version": "2"}, sort_keys=True)
+        onnx.save(model, str(models / ".fake.onnx.partial"))
+        (models / ".fake.onnx.partial").rename(models / "fake.onnx")  # publish by rename
+        _until(
+            lambda: scores() == {"aeguard_watch_model_info": {"2"}, "aeguard_watch_normalized_score": {"2"}}
+        )
+    finally:
+        handle.stop()
+
+
+def _until(check, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
