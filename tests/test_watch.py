@@ -600,3 +600,18 @@ def _until(check, timeout_s: float = 60.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_client_trusts_a_custom_ca_and_only_it(fake: FakeState, tmp_path: Path) -> None:
+    from tls_support import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    with FakePrometheus(fake, tls=(str(pki.server_cert), str(pki.server_key))) as https:
+        assert https.url.startswith("https://")
+        trusted = PrometheusClient(PrometheusAccess(https.url, ca_file=str(pki.ca)))
+        assert len(trusted.query("f0", 100.0)) == len(INSTANCES)
+        stranger = PrometheusClient(PrometheusAccess(https.url, ca_file=str(pki.other_ca)))
+        with pytest.raises(PrometheusError) as err:
+            stranger.query("f0", 100.0)
+        assert (err.value.reason, err.value.retryable) == ("tls", False)
+        assert "--prometheus-ca-file" in err.value.message

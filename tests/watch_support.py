@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -131,11 +132,17 @@ def _fmt(v: float) -> str:
 class FakePrometheus:
     """Start with ``with FakePrometheus(state) as prom:``; ``prom.url`` is its base URL."""
 
-    def __init__(self, state: FakeState) -> None:
+    def __init__(self, state: FakeState, tls: tuple[str, str] | None = None) -> None:
         self.state = state
         handler = type("Handler", (_Handler,), {"state": state})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:  # (certificate, key) PEM files
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> FakePrometheus:

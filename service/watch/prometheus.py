@@ -26,7 +26,7 @@ from service.errors import AeguardError, InvalidInputError
 #: The most points Prometheus returns per series for one range query.
 MAX_POINTS = 11_000
 #: Failure reasons (the values of the ``reason`` label).
-REASONS = ("unreachable", "timeout", "http_5xx", "http_4xx", "bad_query", "bad_response")
+REASONS = ("unreachable", "timeout", "tls", "http_5xx", "http_4xx", "bad_query", "bad_response")
 
 
 class PrometheusError(AeguardError):
@@ -139,6 +139,12 @@ class PrometheusClient:
             ) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError):  # a certificate problem does not mend itself in seconds
+                raise PrometheusError(
+                    f"{endpoint}: TLS with {self.base} failed ({reason}); check --prometheus-ca-file",
+                    "tls",
+                    retryable=False,
+                ) from exc
             if isinstance(reason, TimeoutError | socket.timeout):
                 raise PrometheusError(
                     f"{endpoint}: no answer within {self.access.timeout_s:g} s", "timeout", retryable=True
