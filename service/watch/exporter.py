@@ -99,6 +99,11 @@ class ScoreBoard(Collector):
                 del self._entries[key]
             self._thresholds.pop(model_name, None)
 
+    def model_names(self) -> set[str]:
+        """Models with scores or thresholds on the board."""
+        with self._lock:
+            return {k[0] for k in self._entries} | set(self._thresholds)
+
     def groups(self, model_name: str) -> set[GroupKey]:
         with self._lock:
             return {k[1] for k in self._entries if k[0] == model_name}

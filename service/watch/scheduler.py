@@ -160,9 +160,10 @@ class Watcher:
         log.warning("model '%s': not scored this cycle (%s): %s", model.name, reason, message)
 
     def _forget_unloaded(self, names: set[str]) -> None:
-        for name in set(self._watched) - names:
+        """A model no longer in the store (its file was removed): its series leave /metrics."""
+        for name in (set(self._watched) | self.board.model_names()) - names:
             self.board.drop_model(name)
-            del self._watched[name]
+            self._watched.pop(name, None)
 
     # -- one model ---------------------------------------------------------------------------------
     def _score_model(self, model: LoadedModel, at: float, deadline: float, report: CycleReport) -> None:
