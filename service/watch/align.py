@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.watch.prometheus import Series
+from service.watch.prometheus import Series, SeriesSet
 
 GroupKey = tuple[str, ...]
 
@@ -82,62 +82,57 @@ def group_key(labels: Mapping[str, str], group_by: Sequence[str]) -> GroupKey:
     return tuple([labels.get(name, "") for name in group_by])
 
 
-def align(results: Mapping[str, list[Series]], group_by: Sequence[str]) -> Table:
+def align(results: Mapping[str, SeriesSet | list[Series]], group_by: Sequence[str]) -> Table:
     """Join the features' series on (group, timestamp); drop and count incomplete rows.
 
     ``results`` maps each feature name (in order) to the series its query returned. Vectorised over
     all groups at once: a cycle over thousands of groups spends its time in numpy, not in Python.
     """
     features = list(results)
-    d = len(features)
-    keyed = [[(group_key(s.labels, group_by), s) for s in results[name]] for name in features]
-    ambiguous = {k for pairs in keyed for k, n in Counter(k for k, _ in pairs).items() if n > 1}
-    all_keys = sorted({k for pairs in keyed for k, _ in pairs})
+    sets = [r if isinstance(r, SeriesSet) else SeriesSet.from_series(r) for r in results.values()]
+    keys = [[group_key(labels, group_by) for labels in s.labels] for s in sets]
+    ambiguous = {k for ks in keys for k, n in Counter(ks).items() if n > 1}
+    all_keys = sorted({k for ks in keys for k in ks})
     ids = {k: i for i, k in enumerate(all_keys)}
-    # Flat (group id, time in ms, value) per feature; time indices over the union of all times.
-    flat = [_flatten(pairs, ids) for pairs in keyed]
-    times = np.unique(np.concatenate([f[1] for f in flat])) if flat else np.zeros(0, np.int64)
-    row_keys = [f[0] * max(1, times.size) + np.searchsorted(times, f[1]) for f in flat]
+    # Per feature: each point's group id and time (integer ms); one row per (group, time).
+    groups_of = [
+        np.repeat(np.array([ids[k] for k in ks], dtype=np.int64), s.sizes)
+        for ks, s in zip(keys, sets, strict=True)
+    ]
+    stamps_of = [np.rint(s.timestamps * 1000).astype(np.int64) for s in sets]
+    times = np.unique(np.concatenate(stamps_of)) if sets else np.zeros(0, np.int64)
+    width = max(1, times.size)
+    row_keys = [g * width + np.searchsorted(times, t) for g, t in zip(groups_of, stamps_of, strict=True)]
     rows = np.unique(np.concatenate(row_keys)) if row_keys else np.zeros(0, np.int64)
-    x = np.full((rows.size, d), np.nan)
-    have = np.zeros((rows.size, d), dtype=bool)
-    for j, (keys, (_, _, values)) in enumerate(zip(row_keys, flat, strict=True)):
-        pos = np.searchsorted(rows, keys)
-        x[pos, j] = values
+    x = np.full((rows.size, len(features)), np.nan)
+    have = np.zeros((rows.size, len(features)), dtype=bool)
+    for j, (row_key, s) in enumerate(zip(row_keys, sets, strict=True)):
+        pos = np.searchsorted(rows, row_key)
+        x[pos, j] = s.values
         have[pos, j] = True
-    row_group = rows // max(1, times.size)
+    row_group = rows // width
     bad = np.isin(row_group, [ids[k] for k in ambiguous])
     complete = np.all(have, axis=1) & ~bad
-    finite = np.all(np.isfinite(x), axis=1)
-    keep = complete & finite
+    keep = complete & np.all(np.isfinite(x), axis=1)
     skipped: Counter[str] = Counter()
-    for reason, mask in ((DUPLICATE_SERIES, bad), (MISSING_FEATURE, ~have.all(axis=1) & ~bad)):
+    for reason, mask in (
+        (DUPLICATE_SERIES, bad),
+        (MISSING_FEATURE, ~np.all(have, axis=1) & ~bad),
+        (NON_FINITE, complete & ~keep),
+    ):
         if mask.any():
             skipped[reason] = int(mask.sum())
-    if (complete & ~finite).any():
-        skipped[NON_FINITE] = int((complete & ~finite).sum())
-    dropped = _dropped_groups(row_group, keep, bad, complete, len(all_keys))
     kept_ids, group_index = np.unique(row_group[keep], return_inverse=True)
     return Table(
         group_by=tuple(group_by),
         feature_names=features,
         groups=[all_keys[i] for i in kept_ids.tolist()],
         group_index=group_index.astype(np.int64).reshape(-1),
-        timestamps=times[rows[keep] % max(1, times.size)] / 1000.0,
+        timestamps=times[rows[keep] % width] / 1000.0,
         x=x[keep].astype(np.float32),
         skipped=skipped,
-        dropped_groups=dropped,
+        dropped_groups=_dropped_groups(row_group, keep, bad, complete, len(all_keys)),
     )
-
-
-def _flatten(pairs: list[tuple[GroupKey, Series]], ids: dict[GroupKey, int]) -> tuple[np.ndarray, ...]:
-    """One feature's series as flat arrays: group id, time (integer ms), value."""
-    if not pairs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    sizes = [s.timestamps.size for _, s in pairs]
-    group = np.repeat(np.array([ids[k] for k, _ in pairs], dtype=np.int64), sizes)
-    stamps = np.rint(np.concatenate([s.timestamps for _, s in pairs]) * 1000).astype(np.int64)
-    return group, stamps, np.concatenate([s.values for _, s in pairs])
 
 
 def _dropped_groups(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from service.watch.align import Table, align
-from service.watch.prometheus import PrometheusClient, Series
+from service.watch.prometheus import PrometheusClient, SeriesSet
 
 
 def fetch_history(
@@ -17,7 +17,7 @@ def fetch_history(
     group_by: Sequence[str],
 ) -> Table:
     """Run every query over ``[start, end]`` at ``step_s`` and align the results (see :func:`align`)."""
-    results: dict[str, list[Series]] = {}
+    results: dict[str, SeriesSet] = {}
     for name, promql in queries.items():
         results[name] = client.query_range(promql, start, end, step_s)
     return align(results, group_by)

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,48 @@ class Series:
     labels: dict[str, str]
     timestamps: np.ndarray  # float64 [n]
     values: np.ndarray  # float64 [n]; NaN / Inf as Prometheus gave them
+
+
+@dataclass(frozen=True)
+class SeriesSet:
+    """Every series of one query, kept flat (series ``i`` owns the next ``sizes[i]`` points), so a
+    result of thousands of series costs a few numpy arrays rather than thousands of objects.
+    Iterating or indexing gives :class:`Series` views."""
+
+    labels: list[dict[str, str]]
+    sizes: np.ndarray  # int64 [n_series]
+    timestamps: np.ndarray  # float64 [n_points]
+    values: np.ndarray  # float64 [n_points]
+
+    @classmethod
+    def from_series(cls, series: list[Series]) -> SeriesSet:
+        if not series:
+            return cls([], np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        return cls(
+            [s.labels for s in series],
+            np.array([s.timestamps.size for s in series], dtype=np.int64),
+            np.concatenate([s.timestamps for s in series]),
+            np.concatenate([s.values for s in series]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Series:
+        start = int(self.sizes[:i].sum())
+        end = start + int(self.sizes[i])
+        return Series(self.labels[i], self.timestamps[start:end], self.values[start:end])
+
+    def __iter__(self) -> Iterator[Series]:
+        ends = np.cumsum(self.sizes).tolist()
+        for labels, start, end in zip(self.labels, [0, *ends[:-1]], ends, strict=True):
+            yield Series(labels, self.timestamps[start:end], self.values[start:end])
+
+    def select(self, keep: np.ndarray) -> SeriesSet:
+        """The series where ``keep`` (bool, one per series) is true."""
+        points = np.repeat(keep, self.sizes)
+        labels = [lab for lab, k in zip(self.labels, keep.tolist(), strict=True) if k]
+        return SeriesSet(labels, self.sizes[keep], self.timestamps[points], self.values[points])
 
 
 @dataclass(frozen=True)
@@ -154,7 +196,7 @@ class PrometheusClient:
             ) from exc
 
     # -- queries ------------------------------------------------------------------------------------
-    def query(self, promql: str, at: float) -> list[Series]:
+    def query(self, promql: str, at: float) -> SeriesSet:
         """The instant vector of ``promql`` at unix time ``at``: one point per series."""
         data = self._post("query", {"query": promql, "time": _fmt(at)})
         if data.get("resultType") != "vector":
@@ -166,7 +208,7 @@ class PrometheusClient:
             )
         return _vector(data["result"])
 
-    def query_range(self, promql: str, start: float, end: float, step_s: float) -> list[Series]:
+    def query_range(self, promql: str, start: float, end: float, step_s: float) -> SeriesSet:
         """``promql`` from ``start`` to ``end`` every ``step_s`` seconds, split into requests of at most
         :data:`MAX_POINTS` points per series; series of the parts are joined by their labels."""
         if end < start:
@@ -186,7 +228,7 @@ class PrometheusClient:
                 labels = item.get("metric", {})
                 key = tuple(sorted(labels.items()))
                 merged.setdefault(key, (labels, []))[1].extend(item["values"])
-        return [_series(labels, points) for labels, points in merged.values()]
+        return SeriesSet.from_series([_series(labels, points) for labels, points in merged.values()])
 
 
 def range_chunks(start: float, end: float, step_s: float) -> list[tuple[float, float]]:
@@ -205,7 +247,7 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def _vector(result: list) -> list[Series]:
+def _vector(result: list) -> SeriesSet:
     """An instant vector's items as one-point series, parsed in bulk (thousands per cycle)."""
     try:
         stamps = np.array([item["value"][0] for item in result], dtype=np.float64)
@@ -215,7 +257,7 @@ def _vector(result: list) -> list[Series]:
         raise PrometheusError(
             f"malformed sample in a result ({exc})", "bad_response", retryable=True
         ) from exc
-    return [Series(labels[i], stamps[i : i + 1], values[i : i + 1]) for i in range(len(result))]
+    return SeriesSet(labels, np.ones(len(labels), dtype=np.int64), stamps, values)
 
 
 def _series(labels: dict, points: list) -> Series:

@@ -25,7 +25,7 @@ from service.scorer import top_features
 from service.watch.align import MODEL_ERROR, OVER_LIMIT, GroupKey, Table, align, group_key, last_windows
 from service.watch.config import WatchSettings, shard_of
 from service.watch.exporter import GroupScore, ScoreBoard, WatchMetrics
-from service.watch.prometheus import PrometheusClient, PrometheusError, Series
+from service.watch.prometheus import PrometheusClient, PrometheusError, SeriesSet
 from service.watch.spec import WatchSpec, watch_spec
 from service.watch.times import parse_duration
 
@@ -201,25 +201,26 @@ class Watcher:
         self.metrics.groups.labels(model.name, "over_limit").set(len(table.groups) - len(chosen))
         self.metrics.groups.labels(model.name, "other_shard").set(other_shard)
 
-    def _fetch(self, spec: WatchSpec, at: float, deadline: float) -> tuple[dict[str, list[Series]], int]:
+    def _fetch(self, spec: WatchSpec, at: float, deadline: float) -> tuple[dict[str, SeriesSet], int]:
         """Every feature's series for this shard; how many groups belong to other shards."""
         index, shards = self._shard
         size = spec.window_size
         end = math.floor(at / spec.step_s) * spec.step_s
-        results: dict[str, list[Series]] = {}
+        results: dict[str, SeriesSet] = {}
         others: set[GroupKey] = set()
         start = end - (size - 1) * spec.step_s
         for name, promql in spec.queries.items():
-            call: Callable[[], list[Series]] = (
+            call: Callable[[], SeriesSet] = (
                 functools.partial(self.client.query, promql, at)
                 if size == 1
                 else functools.partial(self.client.query_range, promql, start, end, spec.step_s)
             )
             series = self._retrying(call, deadline)
             if shards > 1:
-                keys = [group_key(s.labels, spec.group_by) for s in series]
-                others.update(k for k in keys if shard_of(k, shards) != index)
-                series = [s for s, k in zip(series, keys, strict=True) if shard_of(k, shards) == index]
+                keys = [group_key(labels, spec.group_by) for labels in series.labels]
+                mine = np.array([shard_of(k, shards) == index for k in keys], dtype=bool)
+                others.update(k for k, m in zip(keys, mine.tolist(), strict=True) if not m)
+                series = series.select(mine)
             results[name] = series
         return results, len(others)
 
