@@ -91,7 +91,7 @@ bench-peers: install $(MLSERVER_STAMP)
 
 # One `aeguard watch` cycle against a backfilled Prometheus: duration and CPU for 10/100/1000 groups.
 bench-watch: install system-deps
-	$(PY) bench/watch_cycle.py
+	$(PY) -m bench.watch_cycle
 
 # 10 minutes of mixed load on the default --processes; RSS and fds of every process (not run by CI).
 soak: install

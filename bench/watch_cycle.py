@@ -1,6 +1,6 @@
 """One `aeguard watch` cycle against a real Prometheus: duration and CPU for 10, 100, 1,000 groups.
 
-``make bench-watch`` (or ``python bench/watch_cycle.py``). Backfills Prometheus (Debian's package)
+``make bench-watch`` (or ``python -m bench.watch_cycle``). Backfills Prometheus (Debian's package)
 with 12 simulated telemetry gauges for fleets of each size (label ``fleet``), trains one model with
 ``aeguard train --prometheus`` on the smallest fleet, copies it once per fleet with its queries
 pointed at that fleet, then runs rounds of one cycle per fleet, interleaved so a busy shared machine

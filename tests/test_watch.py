@@ -178,7 +178,7 @@ def test_align_refuses_to_guess_between_two_series_of_one_group() -> None:
     assert al.align(results, ["instance", "job"]).groups == [("a", "p"), ("a", "q"), ("b", "")]
 
 
-def test_last_windows_need_consecutive_steps_ending_now() -> None:
+def test_last_samples_are_windows_without_gaps_ending_now() -> None:
     results = {
         "x": [
             _series("a", [10, 20, 30, 40], [1, 2, 3, 4]),
@@ -186,11 +186,16 @@ def test_last_windows_need_consecutive_steps_ending_now() -> None:
             _series("c", [10, 20, 30], [1, 2, 3]),  # nothing at 40
         ]
     }
+    from service.windows import WindowSpec
+
     table = al.align(results, ["instance"])
-    groups, windows, skipped = al.last_windows(table, 3, 10.0, 40.0)
+    # A gap is more than max_gap steps between rows: 20 s is one with 1.5, not with 3.
+    groups, windows, skipped = al.last_samples(table, WindowSpec(3, step=10.0, max_gap=1.5), 10.0, 40.0)
     assert groups == [0] and windows[0, :, 0].tolist() == [2, 3, 4]
     assert skipped == Counter({al.WINDOW_INCOMPLETE: 1, al.MISSING_FEATURE: 1})
-    groups, windows, _ = al.last_windows(table, 1, 10.0, 40.0)
+    groups, windows, _ = al.last_samples(table, WindowSpec(3, step=10.0, max_gap=3.0), 10.0, 40.0)
+    assert groups == [0, 1] and windows[1, :, 0].tolist() == [1, 3, 4]
+    groups, windows, _ = al.last_samples(table, None, 10.0, 40.0)
     assert groups == [0, 1] and windows.shape == (2, 1, 1)
 
 
@@ -615,3 +620,28 @@ def test_client_trusts_a_custom_ca_and_only_it(fake: FakeState, tmp_path: Path) 
             stranger.query("f0", 100.0)
         assert (err.value.reason, err.value.retryable) == ("tls", False)
         assert "--prometheus-ca-file" in err.value.message
+
+
+def test_a_windowed_model_is_scored_on_the_last_w_steps(
+    prom: FakePrometheus, fake: FakeState, tmp_path: Path
+) -> None:
+    from watch_support import write_windowed_model
+
+    path = tmp_path / "windowed.onnx"
+    write_windowed_model(path, fake.rows, FEATURES, STEP_S, size=4)
+    fake.anomalous["b"] = 6.0
+    watcher, _, _, registry = _watcher(path, prom.url)
+    report = watcher.cycle()
+    assert report.result == "ok" and report.scored == len(INSTANCES), report
+    ranges = [r for r in fake.requests if r["path"] == "/api/v1/query_range"]
+    assert len(ranges) == len(FEATURES) and not [r for r in fake.requests if r["path"] == "/api/v1/query"]
+    params = ranges[0]["params"]
+    # W = 4 steps, read back (W - 1) x max_gap steps so a window may span a short gap.
+    assert float(params["end"]) - float(params["start"]) == 3 * 1.5 * STEP_S
+    scores = {
+        i: _value(
+            registry, "aeguard_watch_normalized_score", model_name="windowed", model_version="1", instance=i
+        )
+        for i in INSTANCES
+    }
+    assert scores["b"] >= 1.0 and scores["b"] > max(v for k, v in scores.items() if k != "b")

@@ -216,3 +216,58 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} not ready within {timeout_s} s")
+
+
+def write_windowed_model(path, rows: np.ndarray, features: list[str], step_s: float, size: int) -> None:
+    """A small, real windowed model (``[batch, W, d]`` in) written with onnx's helpers, trained from
+    Prometheus as far as its metadata says: the score of a window is the mean squared z-score of its
+    rows (z from ``rows``' mean and spread), the feature errors that per feature; 1.0 at a z of 3."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from service.artifact import METADATA_KEY, ModelMetadata, ScoreDistribution, Threshold
+    from service.watch.spec import source_entry
+
+    d = len(features)
+    mu = rows.mean(axis=0).astype(np.float32)
+    sd = (rows.std(axis=0) + 1e-6).astype(np.float32)
+    nodes = [
+        helper.make_node("Sub", ["x", "mu"], ["centred"]),
+        helper.make_node("Div", ["centred", "sd"], ["z"]),
+        helper.make_node("Mul", ["z", "z"], ["squared"]),
+        helper.make_node("ReduceMean", ["squared"], ["feature_errors"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", ["feature_errors"], ["score"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", ["z"], ["codes"], axes=[2], keepdims=0),
+        helper.make_node("Gather", ["x", "last"], ["reconstruction"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "windowed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", size, d])],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("feature_errors", TensorProto.FLOAT, ["batch", d]),
+            helper.make_tensor_value_info("codes", TensorProto.FLOAT, ["batch", size]),
+            helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", d]),
+        ],
+        [
+            helper.make_tensor("mu", TensorProto.FLOAT, [d], mu.tolist()),
+            helper.make_tensor("sd", TensorProto.FLOAT, [d], sd.tolist()),
+            helper.make_tensor("last", TensorProto.INT64, [], [size - 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMetadata(
+        name="windowed",
+        version="1",
+        feature_names=list(features),
+        coding_size=size,
+        thresholds=[Threshold("warning", 9.0, "fixed", 9.0)],
+        score_distribution=ScoreDistribution([0.5, 0.99], [1.0, 3.0]),
+        training={"prometheus": source_entry({f: f for f in features}, step_s, ["instance"], 0.0, 1.0)},
+        window={"size": size, "step": step_s, "max_gap": 1.5, "series_column": "instance"},
+    )
+    helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

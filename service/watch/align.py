@@ -11,10 +11,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 from service.watch.prometheus import Series, SeriesSet
+from service.windows import WindowBuilder, WindowSpec
 
 GroupKey = tuple[str, ...]
 
@@ -51,7 +56,7 @@ class Table:
         lo, hi = np.searchsorted(self.group_index, [group, group + 1])
         return slice(int(lo), int(hi))
 
-    def to_arrow(self):  # -> pyarrow.Table
+    def to_arrow(self) -> pa.Table:
         """Group labels (text), ``timestamp`` (unix seconds), then the features."""
         import pyarrow as pa
 
@@ -150,26 +155,39 @@ def _dropped_groups(
     return dropped
 
 
-def last_windows(
-    table: Table, size: int, step_s: float, at: float, groups: Sequence[int] | None = None
+def last_samples(
+    table: Table, window: WindowSpec | None, step_s: float, at: float, groups: Sequence[int] | None = None
 ) -> tuple[list[int], np.ndarray, Counter[str]]:
-    """Per group (all, or ``groups``), the ``size`` rows ending at time ``at`` if they are consecutive
-    steps: the groups that have one and their windows ``[g, size, d]`` (oldest row first), and how
-    many groups had none, by reason. ``size == 1``: the row at ``at``."""
+    """Per group (all, or ``groups``), the sample its row at time ``at`` makes: the groups that have one,
+    their samples ``[g, W, d]`` (``W = 1`` for a row-wise model), and how many groups had none, by reason.
+
+    A windowed model's windows come from :class:`service.windows.WindowBuilder`, the one place every
+    consumer builds them: a gap longer than the model's ``max_gap`` steps restarts a window, so a
+    group whose last run is shorter than W has no sample (``window_incomplete``).
+    """
     skipped: Counter[str] = Counter()
-    chosen: list[int] = []
-    windows = []
-    tolerance = step_s / 2
+    candidates: list[int] = []
+    last_rows: list[int] = []
     for g in range(len(table.groups)) if groups is None else groups:
         rows = table.rows_of(g)
-        ts = table.timestamps[rows]
-        if ts.size == 0 or abs(ts[-1] - at) > tolerance:
-            skipped[MISSING_FEATURE] += 1  # its last complete row is not the one asked for
+        if rows.stop == rows.start or abs(table.timestamps[rows.stop - 1] - at) > step_s / 2:
+            skipped[MISSING_FEATURE] += 1  # its newest complete row is not the one asked for
             continue
-        if ts.size < size or (size > 1 and np.any(np.abs(np.diff(ts[-size:]) - step_s) > tolerance)):
+        candidates.append(g)
+        last_rows.append(rows.stop - 1)
+    if window is None:
+        return candidates, table.x[last_rows][:, None, :], skipped
+    spans = [np.arange(table.rows_of(g).start, table.rows_of(g).stop) for g in candidates]
+    index = np.concatenate(spans).astype(np.int64) if spans else np.zeros(0, np.int64)
+    built = WindowBuilder(window, len(table.feature_names)).add(
+        table.x[index], series=table.group_index[index], times=table.timestamps[index]
+    )
+    window_of = {int(index[r]): i for i, r in enumerate(built.rows.tolist())}  # table row -> window
+    chosen, picked = [], []
+    for g, last in zip(candidates, last_rows, strict=True):
+        if last in window_of:
+            chosen.append(g)
+            picked.append(window_of[last])
+        else:
             skipped[WINDOW_INCOMPLETE] += 1
-            continue
-        chosen.append(g)
-        windows.append(table.x[rows][-size:])
-    d = len(table.feature_names)
-    return chosen, (np.stack(windows) if windows else np.zeros((0, size, d), dtype=np.float32)), skipped
+    return chosen, built.samples[picked], skipped

@@ -22,12 +22,13 @@ import numpy as np
 from service.errors import AeguardError, ModelLoadError
 from service.model_store import LoadedModel, ModelStore
 from service.scorer import top_features
-from service.watch.align import MODEL_ERROR, OVER_LIMIT, GroupKey, Table, align, group_key, last_windows
+from service.watch.align import MODEL_ERROR, OVER_LIMIT, GroupKey, Table, align, group_key, last_samples
 from service.watch.config import WatchSettings, shard_of
 from service.watch.exporter import GroupScore, ScoreBoard, WatchMetrics
 from service.watch.prometheus import PrometheusClient, PrometheusError, SeriesSet
 from service.watch.spec import WatchSpec, watch_spec
 from service.watch.times import parse_duration
+from service.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,13 @@ class Watcher:
     def _score_model(self, model: LoadedModel, at: float, deadline: float, report: CycleReport) -> None:
         spec = watch_spec(model.metadata, model.source)
         t0 = time.perf_counter()
-        results, other_shard = self._fetch(spec, at, deadline)
+        results, other_shard = self._fetch(spec, model.scorer.window, at, deadline)
         t1 = time.perf_counter()
         table = align(results, spec.group_by)
         chosen = self._within_limit(model.name, table)
         size = spec.window_size
         end = at if size == 1 else math.floor(at / spec.step_s) * spec.step_s
-        groups, windows, skipped = last_windows(table, size, spec.step_s, end, chosen)
+        groups, windows, skipped = last_samples(table, model.scorer.window, spec.step_s, end, chosen)
         skipped.update(table.dropped_groups)
         skipped[OVER_LIMIT] += len(table.groups) - len(chosen)
         t2 = t3 = time.perf_counter()
@@ -201,14 +202,17 @@ class Watcher:
         self.metrics.groups.labels(model.name, "over_limit").set(len(table.groups) - len(chosen))
         self.metrics.groups.labels(model.name, "other_shard").set(other_shard)
 
-    def _fetch(self, spec: WatchSpec, at: float, deadline: float) -> tuple[dict[str, SeriesSet], int]:
+    def _fetch(
+        self, spec: WatchSpec, window: WindowSpec | None, at: float, deadline: float
+    ) -> tuple[dict[str, SeriesSet], int]:
         """Every feature's series for this shard; how many groups belong to other shards."""
         index, shards = self._shard
         size = spec.window_size
         end = math.floor(at / spec.step_s) * spec.step_s
         results: dict[str, SeriesSet] = {}
         others: set[GroupKey] = set()
-        start = end - (size - 1) * spec.step_s
+        # A window may span short gaps (up to the model's max_gap steps): read far enough back.
+        start = end - (size - 1) * spec.step_s * (window.max_gap if window is not None else 1.0)
         for name, promql in spec.queries.items():
             call: Callable[[], SeriesSet] = (
                 functools.partial(self.client.query, promql, at)

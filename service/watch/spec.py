@@ -104,6 +104,4 @@ def watch_spec(metadata: ModelMetadata, source: str = "model") -> WatchSpec:
     queries = {name: queries[name] for name in metadata.feature_names}
     if not step_s > 0:
         raise ModelLoadError(f"{source}: recorded step {step_s} must be > 0")
-    window = getattr(metadata, "window", None) or {}
-    size = int(window.get("size", 1)) if isinstance(window, dict) else 1
-    return WatchSpec(queries=queries, step_s=step_s, group_by=group_by, window_size=max(1, size))
+    return WatchSpec(queries=queries, step_s=step_s, group_by=group_by, window_size=metadata.window_size)
