@@ -34,9 +34,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from watch_support import backfill, free_port, start_prometheus, wait_ready, write_openmetrics  # noqa: E402
 
 from service.artifact import METADATA_KEY, ModelMetadata  # noqa: E402
+from service.metrics.watch import ScoreBoard, WatchMetrics  # noqa: E402
 from service.model_store import ModelStore  # noqa: E402
 from service.watch.config import WatchSettings  # noqa: E402
-from service.watch.exporter import ScoreBoard, WatchMetrics  # noqa: E402
 from service.watch.scheduler import Watcher  # noqa: E402
 from training.simulator import FEATURES, SimulatorConfig, simulate_telemetry  # noqa: E402
 

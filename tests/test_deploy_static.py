@@ -67,7 +67,7 @@ AGREED_METRICS = {
     "aeguard_batch_anomalies_total",
     "aeguard_batch_duration_seconds",
     "aeguard_batch_last_success_timestamp_seconds",
-    # `aeguard watch` (service/watch/exporter.py, docs/watch.md)
+    # `aeguard watch` (service/metrics/watch.py, docs/watch.md)
     "aeguard_watch_normalized_score",
     "aeguard_watch_score",
     "aeguard_watch_severity_level",

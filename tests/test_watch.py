@@ -25,10 +25,10 @@ from watch_support import FakePrometheus, FakeState, basic
 
 from service.artifact import ModelMetadata
 from service.errors import InvalidInputError, ModelLoadError
+from service.metrics.watch import GroupScore, ScoreBoard, WatchMetrics
 from service.model_store import ModelStore
 from service.watch import align as al
 from service.watch.config import WatchSettings, parse_shard, shard_of
-from service.watch.exporter import GroupScore, ScoreBoard, WatchMetrics
 from service.watch.prometheus import (
     MAX_POINTS,
     PrometheusAccess,

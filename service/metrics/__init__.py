@@ -3,7 +3,8 @@
 - :mod:`.serving`: the series of one serving process (RPCs, scores, models, drift windows);
 - :mod:`.scrape`: what ``/metrics`` shows (drift PSI computed at scrape time) and its HTTP server;
 - :mod:`.supervisor`: the supervising parent's own series (``--processes N``);
-- :mod:`.batch`: a batch job's series, pushed to a Pushgateway.
+- :mod:`.batch`: a batch job's series, pushed to a Pushgateway;
+- :mod:`.watch`: `aeguard watch`'s scores per watched group and its own health.
 
 Names follow Prometheus conventions: ``aeguard_`` prefix, base units, histograms, labels
 ``model_name``/``model_version``, no unbounded labels.

@@ -1,1 +1,1 @@
-"""`aeguard watch`: Prometheus in (reader, alignment), the same scorer, scores out on /metrics (exporter)."""
+"""`aeguard watch`: Prometheus in (reader, alignment), the same scorer, scores out on /metrics."""

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.metrics.watch import GroupKey
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
 from service.watch.prometheus import Series, SeriesSet
 from service.windows import WindowBuilder, WindowSpec
-
-GroupKey = tuple[str, ...]
 
 #: Reasons a row is skipped (the values of the ``reason`` label).
 MISSING_FEATURE = "missing_feature"  # some query has no point for this group at this time

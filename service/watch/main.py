@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from service import config as config_module
 from service.metrics import serve_http
+from service.metrics.watch import ModelListener, ScoreBoard, WatchMetrics
 from service.model_store import ModelStore
 from service.reloader import Reloader
 from service.watch.config import WatchSettings
-from service.watch.exporter import ModelListener, ScoreBoard, WatchMetrics
 from service.watch.scheduler import Watcher, check_models
 
 log = logging.getLogger(__name__)

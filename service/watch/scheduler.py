@@ -20,11 +20,11 @@ from typing import TypeVar
 import numpy as np
 
 from service.errors import AeguardError, ModelLoadError
+from service.metrics.watch import GroupScore, ScoreBoard, WatchMetrics
 from service.model_store import LoadedModel, ModelStore
 from service.scorer import top_features
 from service.watch.align import MODEL_ERROR, OVER_LIMIT, GroupKey, Table, align, group_key, last_samples
 from service.watch.config import WatchSettings, shard_of
-from service.watch.exporter import GroupScore, ScoreBoard, WatchMetrics
 from service.watch.prometheus import PrometheusClient, PrometheusError, SeriesSet
 from service.watch.spec import WatchSpec, watch_spec
 from service.watch.times import parse_duration

@@ -18,7 +18,7 @@ from service.watch.times import format_duration
 
 #: Key of the Prometheus source in the metadata's ``training`` section.
 SOURCE_KEY = "prometheus"
-#: Label names the exporter sets itself; a group may not use them.
+#: Label names the watch metrics set themselves; a group may not use them.
 RESERVED_LABELS = ("model_name", "model_version", "feature", "__name__")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 

@@ -1,4 +1,4 @@
-"""What `aeguard watch` publishes on its /metrics: the latest scores per group, and its own health.
+"""`aeguard watch`'s /metrics: the latest scores per watched group, and the watch's own health.
 
 Scores live in a :class:`ScoreBoard`, a collector that builds its families at scrape time, so each
 model's group labels appear under their own names (``instance="web-1"``). A group's series carry
@@ -21,9 +21,11 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from service.model_store import LoadedModel
-from service.watch.align import GroupKey
 
 log = logging.getLogger(__name__)
+
+#: A watched group: the values of the model's group-by labels, in order.
+GroupKey = tuple[str, ...]
 
 #: Seconds; cycles and queries of a few ms up to the longest sensible interval.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
