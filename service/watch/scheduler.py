@@ -22,8 +22,8 @@ import numpy as np
 from service.errors import AeguardError, ModelLoadError
 from service.metrics.watch import GroupScore, ScoreBoard, WatchMetrics
 from service.model_store import LoadedModel, ModelStore
-from service.scorer import top_features
-from service.watch.align import MODEL_ERROR, OVER_LIMIT, GroupKey, Table, align, group_key, last_samples
+from service.scorer import ScoreBatch
+from service.watch.align import MODEL_ERROR, OVER_LIMIT, GroupKey, Table, align, group_keys, last_samples
 from service.watch.config import WatchSettings, shard_of
 from service.watch.prometheus import PrometheusClient, PrometheusError, SeriesSet
 from service.watch.spec import WatchSpec, watch_spec
@@ -221,7 +221,7 @@ class Watcher:
             )
             series = self._retrying(call, deadline)
             if shards > 1:
-                keys = [group_key(labels, spec.group_by) for labels in series.labels]
+                keys = group_keys(series.labels, spec.group_by)
                 mine = np.array([shard_of(k, shards) == index for k in keys], dtype=bool)
                 others.update(k for k, m in zip(keys, mine.tolist(), strict=True) if not m)
                 series = series.select(mine)
@@ -259,39 +259,41 @@ class Watcher:
         return sorted(order[:limit])
 
     def _publish(
-        self, model: LoadedModel, spec: WatchSpec, table: Table, groups: list[int], batch, end: float
+        self,
+        model: LoadedModel,
+        spec: WatchSpec,
+        table: Table,
+        groups: list[int],
+        batch: ScoreBatch,
+        end: float,
     ) -> None:
-        meta = model.metadata
         assert batch.feature_errors is not None
-        top = top_features(np.asarray(batch.feature_errors), meta.feature_names, 1)
+        errors = np.asarray(batch.feature_errors, dtype=np.float64)
+        # The top feature as top_features(k=1) picks it (the first of equal errors), for all groups at once.
+        top = np.argmax(errors, axis=1)
+        totals = errors.sum(axis=1)
+        shares = np.divide(errors[np.arange(len(top)), top], totals, out=np.zeros(len(top)), where=totals > 0)
+        names = model.metadata.feature_names
         now = time.monotonic()
+        columns = zip(
+            batch.score.tolist(),
+            batch.normalized_score.tolist(),
+            batch.severity_level.tolist(),
+            batch.is_anomaly.tolist(),
+            top.tolist(),
+            shares.tolist(),
+            strict=True,
+        )
+        base = {"model_name": model.name, "model_version": model.version}
         entries = []
-        for i, g in enumerate(groups):
+        for g, (score, normalized, level, anomaly, j, share) in zip(groups, columns, strict=True):
             key = table.groups[g]
-            name, _, share = top[i][0]
-            labels = {
-                "model_name": model.name,
-                "model_version": model.version,
-                **dict(zip(spec.group_by, key, strict=True)),
-            }
+            labels = {**base, **dict(zip(spec.group_by, key, strict=True))}
             entries.append(
-                (
-                    key,
-                    GroupScore(
-                        labels=labels,
-                        score=float(batch.score[i]),
-                        normalized_score=float(batch.normalized_score[i]),
-                        severity_level=int(batch.severity_level[i]),
-                        is_anomaly=bool(batch.is_anomaly[i]),
-                        top_feature=name,
-                        top_feature_share=share,
-                        data_timestamp_s=end,
-                        updated_s=now,
-                    ),
-                )
+                (key, GroupScore(labels, score, normalized, level, anomaly, names[j], share, end, now))
             )
         self.board.publish(model.name, entries)
-        self._watched[model.name] = {e[0] for e in entries}
+        self._watched[model.name] = {key for key, _ in entries}
 
 
 def check_models(store: ModelStore) -> None:
