@@ -38,7 +38,7 @@ from service.metrics.watch import ScoreBoard, WatchMetrics  # noqa: E402
 from service.model_store import ModelStore  # noqa: E402
 from service.watch.config import WatchSettings  # noqa: E402
 from service.watch.scheduler import Watcher  # noqa: E402
-from training.simulator import FEATURES, SimulatorConfig, simulate_telemetry  # noqa: E402
+from training.data.simulator import FEATURES, SimulatorConfig, simulate_telemetry  # noqa: E402
 
 STEP_S = 30
 HISTORY_POINTS = 21  # 10 minutes at 30 s: enough to train on, and the last point is what a cycle reads

@@ -490,7 +490,7 @@ def test_watch_statefulset_settings_agree_with_watch_settings(rendered: dict) ->
 
 def test_watch_retrain_cronjob_trains_from_prometheus_and_publishes_by_rename(rendered: dict) -> None:
     from service.cli import build_parser
-    from training.cli_train import _check_args
+    from training.cli.train import _check_args
 
     cron = rendered["CronJob", "aeguard-watch-retrain"]
     c = container(cron)

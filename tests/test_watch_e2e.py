@@ -30,7 +30,7 @@ import pytest
 import yaml
 from watch_support import backfill, free_port, start_prometheus, wait_ready, write_openmetrics
 
-from training.simulator import FEATURES, SimulatorConfig, simulate_telemetry
+from training.data.simulator import FEATURES, SimulatorConfig, simulate_telemetry
 
 pytestmark = pytest.mark.slow
 

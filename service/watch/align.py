@@ -11,15 +11,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from service.metrics.watch import GroupKey
-
-if TYPE_CHECKING:
-    import pyarrow as pa
-
 from service.watch.prometheus import Series, SeriesSet
 from service.windows import WindowBuilder, WindowSpec
 
@@ -58,8 +56,6 @@ class Table:
 
     def to_arrow(self) -> pa.Table:
         """Group labels (text), ``timestamp`` (unix seconds), then the features."""
-        import pyarrow as pa
-
         columns: dict[str, pa.Array] = {}
         for j, label in enumerate(self.group_by):
             columns[label] = pa.array([self.groups[g][j] for g in self.group_index.tolist()], pa.string())
@@ -73,12 +69,8 @@ class Table:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
             pq.write_table(self.to_arrow(), out)
         else:
-            import pyarrow.csv as pacsv
-
             pacsv.write_csv(self.to_arrow(), out)
         return out
 

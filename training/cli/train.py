@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.errors import InvalidInputError
 from training import defaults
@@ -12,7 +12,7 @@ from training.registry import ARCHITECTURES
 
 if TYPE_CHECKING:
     from training.data.tables import Dataset
-    from training.result import TrainOptions
+    from training.result import TrainOptions, TrainResult
 
 
 def _int_list(text: str) -> list[int]:
@@ -39,12 +39,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on the built-in simulated service telemetry instead of DATA",
     )
     parser.add_argument(
-        "--save-data", metavar="FILE", help="with --default: also write the simulated data (.csv or .parquet)"
+        "--save-data",
+        metavar="FILE",
+        help="with --default or --prometheus: also write the data trained on (.csv or .parquet)",
     )
+    _add_prometheus_arguments(parser.add_argument_group("Prometheus as the data (docs/watch.md)"))
     _add_data_arguments(parser.add_argument_group("data"))
     _add_network_arguments(parser.add_argument_group("network"))
     _add_optimisation_arguments(parser.add_argument_group("optimisation"))
     _add_output_arguments(parser.add_argument_group("thresholds and output"))
+
+
+def _add_prometheus_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--prometheus", metavar="URL", help="train on metric history from this Prometheus")
+    g.add_argument(
+        "--query", action="append", metavar="NAME=PROMQL", help="repeatable: one feature per query"
+    )
+    g.add_argument("--start", metavar="T", help="RFC 3339, unix seconds or now-7d")
+    g.add_argument("--end", metavar="T", default="now", help="RFC 3339, unix seconds or now (default)")
+    g.add_argument("--step", metavar="DURATION", help="one row per step and group, e.g. 30s")
+    g.add_argument("--group-by", metavar="LABEL[,LABEL]", help="one series per value, e.g. instance")
+    g.add_argument("--prometheus-bearer-token-file", metavar="FILE", default="")
+    g.add_argument("--prometheus-username", metavar="USER", default="", help="basic auth")
+    g.add_argument("--prometheus-password-file", metavar="FILE", default="")
+    g.add_argument("--prometheus-ca-file", metavar="PEM", default="", help="CA of an https Prometheus")
 
 
 def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
@@ -141,12 +159,21 @@ def _add_output_arguments(g: argparse._ArgumentGroup) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.default and args.data:
-        raise InvalidInputError("give either DATA or --default, not both")
-    if not args.default and not args.data:
-        raise InvalidInputError("give a DATA file to train on, or --default for the built-in telemetry data")
-    if args.save_data and not args.default:
-        raise InvalidInputError("--save-data only applies with --default")
+    sources = [bool(args.data), bool(args.default), bool(args.prometheus)]
+    if sum(sources) > 1:
+        raise InvalidInputError("give one of DATA, --default or --prometheus URL")
+    if not any(sources):
+        raise InvalidInputError(
+            "give a DATA file to train on, --default for the built-in telemetry data, or --prometheus URL"
+        )
+    if args.save_data and not (args.default or args.prometheus):
+        raise InvalidInputError("--save-data only applies with --default or --prometheus")
+    if args.prometheus and (args.semi_supervised or args.label_column):
+        raise InvalidInputError(
+            "--prometheus data has no labels: leave out --semi-supervised / --label-column"
+        )
+    if not args.prometheus and (args.query or args.start or args.step or args.group_by):
+        raise InvalidInputError("--query, --start, --step and --group-by need --prometheus URL")
     if args.semi_supervised:
         if args.default:
             raise InvalidInputError("--semi-supervised needs a DATA file with labels, not --default")
@@ -198,7 +225,12 @@ def run(args: argparse.Namespace) -> int:
     from training.calibration import thresholds as calibrate
 
     calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading
-    data, name = _load(args)
+    source_entry = None
+    if args.prometheus:
+        data, source_entry = _prometheus_dataset(args)
+        name = args.name or "prometheus"
+    else:
+        data, name = _load(args)
     # torch loads only now, so bad input is refused in a fraction of a second.
     from training.api import train_model
     from training.cli.progress import EpochProgress
@@ -211,12 +243,14 @@ def run(args: argparse.Namespace) -> int:
         result = train_model(
             data.x,
             data.feature_names,
-            args.out,
+            None if source_entry else args.out,
             labels=data.labels,
             options=options,
             on_epoch=progress,
             on_fit_end=progress.close,
         )
+    if source_entry is not None:
+        _export_with_source(result, source_entry, args.out)
     report_index = None
     if args.report:
         from training.report.html import write_report
@@ -279,3 +313,72 @@ def _options(args: argparse.Namespace, source: str, name: str) -> TrainOptions:
         source=source,
         semi_supervised=args.semi_supervised,
     )
+
+
+def _prometheus_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str, Any]]:
+    """The aligned history of ``--query`` ... as a Dataset, and the metadata entry `aeguard watch` reads."""
+    import logging
+
+    from service.watch.history import fetch_history
+    from service.watch.prometheus import PrometheusAccess, PrometheusClient
+    from service.watch.spec import parse_group_by, parse_queries, source_entry
+    from service.watch.times import parse_duration, parse_time
+    from training.data.tables import Dataset, check_matrix
+
+    queries = parse_queries(args.query or [])
+    if not args.start or not args.step:
+        raise InvalidInputError("--prometheus needs --start T and --step DURATION (and --end, default now)")
+    step_s = parse_duration(args.step, "--step")
+    start, end = parse_time(args.start, "--start"), parse_time(args.end, "--end")
+    if end <= start:
+        raise InvalidInputError(f"--end ({args.end}) must be after --start ({args.start})")
+    group_by = parse_group_by(args.group_by)
+    access = PrometheusAccess(
+        url=args.prometheus,
+        bearer_token_file=args.prometheus_bearer_token_file,
+        username=args.prometheus_username,
+        password_file=args.prometheus_password_file,
+        ca_file=args.prometheus_ca_file,
+        timeout_s=60.0,
+    )
+    table = fetch_history(PrometheusClient(access), queries, start, end, step_s, group_by)
+    dropped = dict(sorted(table.skipped.items()))
+    logging.getLogger(__name__).info(
+        "%s: %d rows in %d group(s); dropped %s",
+        args.prometheus,
+        table.n_rows,
+        len(table.groups),
+        dropped or "none",
+    )
+    if args.save_data:
+        table.write(args.save_data)
+    if table.n_rows < 2:
+        raise InvalidInputError(
+            f"{args.prometheus}: the queries gave {table.n_rows} complete row(s) between --start and --end "
+            f"(dropped: {dropped or 'none'}); check the queries and the time range"
+        )
+    x, _ = check_matrix(table.x, table.feature_names)
+    described = f"prometheus {args.prometheus}: {len(queries)} queries, step {args.step}"
+    entry = source_entry(
+        queries,
+        step_s,
+        group_by,
+        start,
+        end,
+        rows=table.n_rows,
+        groups=len(table.groups),
+        rows_dropped=dropped,
+    )
+    return Dataset(x, list(table.feature_names), None, described), entry
+
+
+def _export_with_source(result: TrainResult, entry: dict[str, Any], out: str) -> None:
+    """Export with the Prometheus source in the metadata (``training.prometheus``): `aeguard watch`
+    reads the queries, step and grouping from the model file alone."""
+    from dataclasses import replace
+
+    from service.watch.spec import SOURCE_KEY
+    from training.api import export_model
+
+    result.metadata = replace(result.metadata, training={**result.metadata.training, SOURCE_KEY: entry})
+    export_model(result, out)
