@@ -11,6 +11,7 @@ from training import defaults
 from training.registry import ARCHITECTURES
 
 if TYPE_CHECKING:
+    from training.data.samples import RowContext
     from training.data.tables import Dataset
     from training.result import TrainOptions, TrainResult
 
@@ -225,9 +226,9 @@ def run(args: argparse.Namespace) -> int:
     from training.calibration import thresholds as calibrate
 
     calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading
-    source_entry = None
+    source_entry, context = None, None
     if args.prometheus:
-        data, source_entry = _prometheus_dataset(args)
+        data, source_entry, context = _prometheus_dataset(args)
         name = args.name or "prometheus"
     else:
         data, name = _load(args)
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             options=options,
             on_epoch=progress,
             on_fit_end=progress.close,
+            context=context,
         )
     if source_entry is not None:
         _export_with_source(result, source_entry, args.out)
@@ -315,14 +317,18 @@ def _options(args: argparse.Namespace, source: str, name: str) -> TrainOptions:
     )
 
 
-def _prometheus_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str, Any]]:
-    """The aligned history of ``--query`` ... as a Dataset, and the metadata entry `aeguard watch` reads."""
+def _prometheus_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str, Any], RowContext]:
+    """The aligned history of ``--query`` ... as a Dataset, the metadata entry `aeguard watch` reads, and
+    each row's time and group (series), which a windowed kind builds its windows from."""
     import logging
+
+    import numpy as np
 
     from service.watch.history import fetch_history
     from service.watch.prometheus import PrometheusAccess, PrometheusClient
     from service.watch.spec import parse_group_by, parse_queries, source_entry
     from service.watch.times import parse_duration, parse_time
+    from training.data.samples import RowContext
     from training.data.tables import Dataset, check_matrix
 
     queries = parse_queries(args.query or [])
@@ -369,7 +375,9 @@ def _prometheus_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str, An
         groups=len(table.groups),
         rows_dropped=dropped,
     )
-    return Dataset(x, list(table.feature_names), None, described), entry
+    names = np.array(["/".join(key) for key in table.groups] or [""], dtype=object)
+    context = RowContext(time=table.timestamps, series=names[table.group_index])
+    return Dataset(x, list(table.feature_names), None, described), entry, context
 
 
 def _export_with_source(result: TrainResult, entry: dict[str, Any], out: str) -> None:
