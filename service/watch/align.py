@@ -118,7 +118,9 @@ def align(results: Mapping[str, SeriesSet | list[Series]], group_by: Sequence[st
     row_group = rows // width
     bad = np.isin(row_group, [ids[k] for k in ambiguous])
     complete = np.all(have, axis=1) & ~bad
-    keep = complete & np.all(np.isfinite(x), axis=1)
+    with np.errstate(over="ignore"):  # a value past float32's range is non-finite to the model: drop it here
+        x32 = x.astype(np.float32)
+    keep = complete & np.all(np.isfinite(x32), axis=1)
     skipped: Counter[str] = Counter()
     for reason, mask in (
         (DUPLICATE_SERIES, bad),
@@ -134,7 +136,7 @@ def align(results: Mapping[str, SeriesSet | list[Series]], group_by: Sequence[st
         groups=[all_keys[i] for i in kept_ids.tolist()],
         group_index=group_index.astype(np.int64).reshape(-1),
         timestamps=times[rows[keep] % width] / 1000.0,
-        x=x[keep].astype(np.float32),
+        x=x32[keep],
         skipped=skipped,
         dropped_groups=_dropped_groups(row_group, keep, bad, complete, len(all_keys)),
     )

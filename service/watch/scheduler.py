@@ -119,7 +119,10 @@ class Watcher:
         interval = self.settings.interval_s
         next_start = time.monotonic()
         while not self.stop.is_set():
-            self.cycle()
+            try:
+                self.cycle()
+            except Exception:  # cycle() counts its own failures; this is a last line of defence
+                log.exception("watch cycle failed unexpectedly; the next one runs as planned")
             next_start = max(next_start + interval, time.monotonic())
             self.stop.wait(max(0.0, next_start - time.monotonic()))
 
@@ -180,23 +183,25 @@ class Watcher:
         skipped.update(table.dropped_groups)
         skipped[OVER_LIMIT] += len(table.groups) - len(chosen)
         t2 = t3 = time.perf_counter()
-        if groups:
-            try:
+        try:
+            if groups:
                 batch = model.scorer.score(
                     windows[:, 0, :] if size == 1 else windows, with_feature_errors=True
                 )
-            except AeguardError:
-                skipped[MODEL_ERROR] += len(groups)
-                raise
-            t3 = time.perf_counter()
-            self._publish(model, spec, table, groups, batch, end)
-        report.phase_s.update(
-            {"fetch": t1 - t0, "align": t2 - t1, "score": t3 - t2, "publish": time.perf_counter() - t3}
-        )
-        for reason, count in skipped.items():
-            if count:
-                self.metrics.rows_skipped.labels(model.name, reason).inc(count)
-        report.skipped.update(skipped)
+                t3 = time.perf_counter()
+                self._publish(model, spec, table, groups, batch, end)
+        except AeguardError:
+            skipped[MODEL_ERROR] += len(groups)
+            groups = []
+            raise
+        finally:
+            report.phase_s.update(
+                {"fetch": t1 - t0, "align": t2 - t1, "score": t3 - t2, "publish": time.perf_counter() - t3}
+            )
+            for reason, count in skipped.items():
+                if count:
+                    self.metrics.rows_skipped.labels(model.name, reason).inc(count)
+            report.skipped.update(skipped)
         report.scored += len(groups)
         self.metrics.groups.labels(model.name, "watched").set(len(groups))
         self.metrics.groups.labels(model.name, "over_limit").set(len(table.groups) - len(chosen))
