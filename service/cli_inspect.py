@@ -53,6 +53,25 @@ def _calibration_line(meta: ModelMetadata, n_calibration: int | None) -> str:
     return f"calibration    score{rows} " + ", ".join(parts)
 
 
+def describe_window(window: dict[str, Any]) -> str:
+    """A windowed model's rows -> samples, in words (what the batch job and the server will do)."""
+    series = window.get("series_column")
+    time = window.get("time_column")
+    step, max_gap = window.get("step"), window.get("max_gap")
+    parts = [
+        f"{window.get('size')} consecutive rows per sample (the score belongs to the last; "
+        f"the first {int(window.get('size', 1)) - 1} rows of a series have none)",
+        f"series column {series!r}" if series else "one series",
+        f"time column {time!r}" if time else "no time column (rows in input order)",
+    ]
+    if step:
+        gap = f", a gap (window restarts) above {max_gap:g} steps" if max_gap else ""
+        parts.append(f"step {step:g} s{gap}")
+    if window.get("chosen_by"):
+        parts.append(f"W chosen by {window['chosen_by']}")
+    return "; ".join(parts)
+
+
 def _training_lines(
     meta: ModelMetadata, tr: dict[str, Any] | None, split: dict[str, Any] | None
 ) -> list[str]:
@@ -123,6 +142,8 @@ def format_metadata(meta: ModelMetadata, source: str) -> str:
         f"features       {meta.n_features}: {', '.join(meta.feature_names)}",
         f"coding size    {meta.coding_size}",
     ]
+    if meta.is_windowed:
+        lines.append(f"window         {describe_window(meta.window)}")
     arch = meta.architecture
     if arch:
         lines.append(

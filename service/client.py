@@ -45,6 +45,8 @@ class Scores:
     top_features: list[list[tuple[str, float, float]]]  # per sample: (name, error, share), largest first
     feature_errors: np.ndarray | None  # [n, d] float32 when asked for
     request_id: str = ""
+    #: [n] bool, windowed models: True for a row without a score (warm-up); all False for a row-wise model.
+    warm_up: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -70,6 +72,8 @@ class ColumnarScores:
     top_feature_shares: np.ndarray  # [n, k] float32 share of the sample's summed error
     feature_errors: np.ndarray | None  # [n, d] float32 when asked for
     request_id: str = ""
+    #: [n] bool, windowed models: True for a row without a score (NaN there); all False for a row-wise model.
+    warm_up: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -79,6 +83,19 @@ class ColumnarScores:
         """Severity names per sample, as :attr:`Scores.severity` gives them."""
         names = self.severity_names
         return [names[i] for i in self.severity_level.tolist()]
+
+
+@dataclass(frozen=True)
+class SeriesRows:
+    """One ScoreStream message's rows for a windowed model: consecutive rows of one series.
+
+    A non-empty ``series`` makes the server carry the series' last rows to the next message that
+    names it (ScoreRequest.series); ``timestamps`` are the rows' times in seconds, one per row.
+    """
+
+    x: np.ndarray
+    series: str = ""
+    timestamps: Sequence[float] | np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,7 @@ def _scores(resp: pb.ScoreResponse, want_fe: bool) -> Scores:
         if want_fe
         else None,
         request_id=resp.request_id,
+        warm_up=np.array([r.warm_up for r in results], dtype=bool),
     )
 
 
@@ -149,6 +167,9 @@ def _columnar_scores(resp: pb.ScoreResponse, want_fe: bool) -> ColumnarScores:
         top_feature_shares=_column(cols.top_feature_shares, "<f4", (n, k), "top_feature_shares"),
         feature_errors=fe,
         request_id=resp.request_id,
+        warm_up=_column(cols.warm_up, "u1", (n,), "warm_up").astype(bool)
+        if cols.warm_up
+        else np.zeros(n, dtype=bool),
     )
 
 
@@ -162,6 +183,13 @@ def matrix(x: np.ndarray) -> pb.Matrix:
     if x.ndim != 2:
         raise errors.InvalidInputError(f"samples must be a 2-D array [rows, features], got shape {x.shape}")
     return pb.Matrix(rows=x.shape[0], cols=x.shape[1], raw=np.ascontiguousarray(x, dtype="<f4").tobytes())
+
+
+def _request(rows: SeriesRows, **fields: Any) -> pb.ScoreRequest:
+    request = pb.ScoreRequest(samples=matrix(rows.x), series=rows.series, **fields)
+    if rows.timestamps is not None:
+        request.timestamps.extend(np.asarray(rows.timestamps, dtype=np.float64).tolist())
+    return request
 
 
 @dataclass(frozen=True)
@@ -292,6 +320,8 @@ class Client:
         top_k: int = ...,
         feature_errors: bool = ...,
         columnar: Literal[False] = ...,
+        series: str = ...,
+        timestamps: Sequence[float] | np.ndarray | None = ...,
     ) -> Scores: ...
     @overload
     def score(
@@ -302,6 +332,8 @@ class Client:
         top_k: int = ...,
         feature_errors: bool = ...,
         columnar: Literal[True],
+        series: str = ...,
+        timestamps: Sequence[float] | np.ndarray | None = ...,
     ) -> ColumnarScores: ...
     def score(
         self,
@@ -311,14 +343,22 @@ class Client:
         top_k: int = 0,
         feature_errors: bool = False,
         columnar: bool = False,
+        series: str = "",
+        timestamps: Sequence[float] | np.ndarray | None = None,
     ) -> Scores | ColumnarScores:
         """Score rows of raw feature values ``[n, d]`` (columns in the model's feature order).
 
         ``columnar=True`` asks the server for packed columns and returns :class:`ColumnarScores`:
-        the same numbers as numpy arrays, far cheaper for both sides on large batches.
+        the same numbers as numpy arrays, far cheaper for both sides on large batches. For a
+        windowed model the rows are consecutive rows of one series (``series`` names it in errors;
+        ``timestamps``, seconds, find gaps); rows without a full window come back with ``warm_up``.
         """
-        request = pb.ScoreRequest(
-            model=model, samples=matrix(x), top_k=top_k, feature_errors=feature_errors, columnar=columnar
+        request = _request(
+            SeriesRows(x, series, timestamps),
+            model=model,
+            top_k=top_k,
+            feature_errors=feature_errors,
+            columnar=columnar,
         )
         return _results(self._call(self.stub.Score, request), feature_errors, columnar)
 
@@ -341,7 +381,7 @@ class Client:
 
     def score_stream(
         self,
-        chunks: Iterable[np.ndarray],
+        chunks: Iterable[np.ndarray | SeriesRows],
         *,
         model: str = "",
         top_k: int = 0,
@@ -354,12 +394,14 @@ class Client:
 
         A chunk the server rejects raises its error (``raise_on_error``) or yields a
         :class:`StreamError` and the stream goes on. ``request_id`` is the chunk's index.
-        ``columnar=True`` yields :class:`ColumnarScores` instead of :class:`Scores`.
+        ``columnar=True`` yields :class:`ColumnarScores` instead of :class:`Scores`. For a windowed
+        model, a :class:`SeriesRows` chunk names its series, so the server continues the series'
+        windows from the previous chunk that named it (one row per chunk is fine).
         """
         requests = (
-            pb.ScoreRequest(
+            _request(
+                c if isinstance(c, SeriesRows) else SeriesRows(c),
                 model=model,
-                samples=matrix(c),
                 top_k=top_k,
                 feature_errors=feature_errors,
                 columnar=columnar,

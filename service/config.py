@@ -79,13 +79,23 @@ class ServerConfig:
     health_port: int = -1
     """Plaintext port serving grpc.health.v1 only, for probes that speak neither TLS nor tokens
     (Kubernetes' gRPC probes); -1 = none, 0 = a free one."""
+    max_stream_series: int = 1000
+    """Windowed models: series one ScoreStream may keep windows for (the last W-1 rows of each named
+    series); a request naming one more gets RESOURCE_EXHAUSTED and the stream goes on. Freed when the
+    stream ends."""
     drift_window: int = 10_000
     """Number of most recent scores (per model) the score-drift PSI is computed over."""
     drift_min_samples: int = 100
     """Fewer scores than this in the window and the drift gauge reads NaN (not enough data)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_rows", "max_features", "intra_op_threads", "inter_op_threads"):
+        for name in (
+            "max_batch_rows",
+            "max_features",
+            "intra_op_threads",
+            "inter_op_threads",
+            "max_stream_series",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("port", "metrics_port"):

@@ -191,6 +191,8 @@ class ModelStore:
                     "model_version": model.version,
                     "source": model.source,
                     "load_duration_s": round(model.load_duration_s, 4),
+                    # A windowed model's rows per sample (1: row-wise), so the log says what it scores.
+                    "window_size": model.metadata.window_size,
                 },
             )
         default = _choose_default(loaded, default_model, path)

@@ -55,6 +55,15 @@ def check_rows(x: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     return _check_matrix(x, metadata, 1)
 
 
+def check_row_matrix(x: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """:func:`check_rows` for rows ``[n, d]`` whatever the model: a windowed model's rows before they
+    become windows (errors then name the row as it was sent)."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise InvalidInputError(f"samples must be a 2-D matrix [rows, features], got shape {x.shape}")
+    return _check_matrix(x, metadata, 1)
+
+
 def _check_matrix(x: np.ndarray, metadata: ModelMetadata, rows_per_sample: int) -> np.ndarray:
     """The checks of :func:`check_rows` on ``[rows, d]``; errors name the sample a row belongs to."""
     n, d = x.shape

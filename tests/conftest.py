@@ -105,6 +105,25 @@ def tiny_model_path(tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPath
     return out
 
 
+@pytest.fixture(scope="session")
+def windowed_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real windowed model (``win.onnx``): W = 5 rows of ``f0``..``f2``, series ``host``, time ``ts``
+    (step 1 s, a gap above 3 s); built by ``tests/window_support.py`` in a few seconds."""
+    from window_support import build_windowed_model
+
+    return build_windowed_model(tmp_path_factory.mktemp("windowed") / "win.onnx")
+
+
+@pytest.fixture(scope="session")
+def single_feature_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A windowed model of ONE feature (``f0``), W = 8, coding size 2: undercomplete only thanks to windows."""
+    from window_support import build_windowed_model
+
+    return build_windowed_model(
+        tmp_path_factory.mktemp("windowed") / "one.onnx", n_features=1, size=8, coding=2, name="one"
+    )
+
+
 # -- a client side for test modules that define a module-scoped `server` (a ServerHandle) -----------
 @pytest.fixture(scope="module")
 def channel(server):

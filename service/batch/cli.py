@@ -25,11 +25,13 @@ from service.batch.config import DEFAULT_CHUNK_ROWS, DEFAULT_REMOTE_BATCH_ROWS, 
 from service.batch.local import score_file
 from service.batch.pushgateway import push_metrics
 from service.batch.remote import RemoteScorer
+from service.batch.rows import ScoreFn, SeriesScorer
 from service.batch.spark import run_spark
 from service.batch.summary import Summary
 from service.client import Security
 from service.errors import AeguardError, InvalidInputError
 from service.scorer import Scorer
+from service.window_scoring import CarriedWindows
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an input without rows gives an empty output with the full schema (default: refused, "
         "as `aeguard train` and `evaluate` refuse it)",
     )
+    parser.add_argument(
+        "--time-column",
+        metavar="COL",
+        help="windowed models: the column ordering each series' rows in time, in seconds or date-times "
+        "(default: the model's time column; '' = none, rows are taken in input order without gaps)",
+    )
+    parser.add_argument(
+        "--series-column",
+        metavar="COL",
+        help="windowed models: the column naming each row's series (default: the model's; '' = one series)",
+    )
     parser.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
     parser.add_argument(
         "--pushgateway", metavar="URL", help="push job metrics to this Prometheus Pushgateway"
@@ -158,6 +171,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         top_k=args.top_k,
         on_bad_rows=args.on_bad_rows,
         allow_empty=args.allow_empty,
+        time_column=args.time_column,
+        series_column=args.series_column,
         threads=args.threads,
         pushgateway=args.pushgateway,
         progress=not args.no_progress and not args.json,
@@ -197,11 +212,15 @@ def run_job(config: BatchConfig) -> Summary:
                 token=config.token,
             ),
         ) as remote:
-            return score_file(config, remote.metadata, remote.score, engine=f"remote {config.target}")
+            remote_fn: ScoreFn | SeriesScorer = remote if remote.metadata.is_windowed else remote.score
+            return score_file(config, remote.metadata, remote_fn, engine=f"remote {config.target}")
     scorer = Scorer.load(config.model_path, intra_op_threads=config.threads)
-    return score_file(
-        config, scorer.metadata, lambda x, fe: scorer.score(x, with_feature_errors=fe), engine="local"
+    local_fn: ScoreFn | SeriesScorer = (
+        CarriedWindows(scorer)
+        if scorer.window is not None
+        else lambda x, fe: scorer.score(x, with_feature_errors=fe)
     )
+    return score_file(config, scorer.metadata, local_fn, engine="local")
 
 
 @contextlib.contextmanager

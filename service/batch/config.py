@@ -56,6 +56,10 @@ class BatchConfig:
     """Write an empty output (with the full schema) for an input without rows, instead of refusing it."""
     on_bad_rows: str = "fail"
     """``fail``: stop naming the first bad rows, write nothing; ``flag``: keep them with an ``error``."""
+    time_column: str | None = None
+    """Windowed models: the input's time column (default: the model's; "" = none, rows are in order)."""
+    series_column: str | None = None
+    """Windowed models: the input's series column (default: the model's; "" = one series)."""
     threads: int = 1
     """onnxruntime intra-op threads per scorer."""
     pushgateway: str | None = None

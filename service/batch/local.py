@@ -19,7 +19,7 @@ from service.artifact import ModelMetadata
 from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
 from service.batch.io import AtomicWriter, Input, output_format
 from service.batch.pipeline import ReadAhead, WriteBehind
-from service.batch.rows import BadRow, OutputSpec, ScoreFn, score_batch, split_rows
+from service.batch.rows import BadRow, OutputSpec, ScoreFn, SeriesScorer, score_batch, split_rows
 from service.batch.summary import Summary
 from service.errors import DataError
 
@@ -77,8 +77,15 @@ def _terminal_size() -> dict[str, int]:
     return {"ncols": size.columns or 100, "nrows": size.lines or 24}
 
 
-def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, engine: str) -> Summary:
-    """Score ``config.input_path`` into ``config.output_path`` chunk by chunk, atomically."""
+def score_file(
+    config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn | SeriesScorer, engine: str
+) -> Summary:
+    """Score ``config.input_path`` into ``config.output_path`` chunk by chunk, atomically.
+
+    A windowed model's ``score_fn`` (a :class:`SeriesScorer`) carries each series' last rows from
+    one chunk to the next, so chunk boundaries change nothing; memory still grows with the chunk
+    size and the number of series, not with the input.
+    """
     check_paths(config)
     source = Input(config.input_path)
     spec = OutputSpec.for_config(metadata, source.names, config)
@@ -115,7 +122,9 @@ def score_file(config: BatchConfig, metadata: ModelMetadata, score_fn: ScoreFn, 
             write_behind.submit(out)
             summary.rows += out.num_rows
             summary.bad_rows += len(bad)
-            summary.scored_rows += out.num_rows - len(bad)
+            unscored = out.column("score").null_count
+            summary.scored_rows += out.num_rows - unscored
+            summary.warm_up_rows += unscored - len(bad)
             for item in pc.value_counts(out.column("severity")).to_pylist():
                 if item["values"] in summary.anomalies:
                     summary.anomalies[item["values"]] += item["counts"]

@@ -9,9 +9,11 @@ null scores and an ``error`` text (``flag``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -20,11 +22,23 @@ import pyarrow.compute as pc
 from service import artifact
 from service.artifact import ModelMetadata
 from service.batch.config import BatchConfig
-from service.errors import DataError
+from service.errors import DataError, InvalidInputError
 from service.scorer import ScoreBatch
+from service.window_scoring import RowScores, empty_batch
 
 #: Scores a C-contiguous float32 matrix of good rows; the bool asks for per-feature errors.
 ScoreFn = Callable[[np.ndarray, bool], ScoreBatch]
+
+
+class SeriesScorer(Protocol):
+    """A windowed model's scorer: rows continue their series' windows from one call to the next."""
+
+    def score_rows(
+        self, x: np.ndarray, series: np.ndarray | None, times: np.ndarray | None, with_feature_errors: bool
+    ) -> RowScores: ...
+
+    def forget(self, key: Any) -> None:
+        """Restart one series' window (a bad row broke it)."""
 
 ERROR_COLUMN = "error"
 SCORE_COLUMNS = ("score", "normalized_score", "is_anomaly", "severity")
@@ -52,6 +66,12 @@ class OutputSpec:
     top_k: int
     flag_bad_rows: bool
     id_column: str | None = None
+    window_size: int = 1
+    """W of a windowed model (1: row-wise): rows continue their series' windows across chunks."""
+    time_column: str | None = None
+    """Windowed models: the column giving each row's time (seconds, or a date-time), if any."""
+    series_column: str | None = None
+    """Windowed models: the column naming each row's series (none: one series)."""
 
     @classmethod
     def for_config(
@@ -65,6 +85,8 @@ class OutputSpec:
             keep_columns=config.keep_columns,
             top_k=config.top_k,
             flag_bad_rows=config.on_bad_rows == "flag",
+            time_column=config.time_column,
+            series_column=config.series_column,
         )
 
     @classmethod
@@ -77,8 +99,14 @@ class OutputSpec:
         keep_columns: Sequence[str],
         top_k: int,
         flag_bad_rows: bool,
+        time_column: str | None = None,
+        series_column: str | None = None,
     ) -> OutputSpec:
-        """Check the input has every column needed; raise :class:`DataError` listing what is missing."""
+        """Check the input has every column needed; raise :class:`DataError` listing what is missing.
+
+        A windowed model's time and series columns are the ones its metadata names, unless
+        ``time_column`` / ``series_column`` name others ("" = none).
+        """
         names = set(input_names)
         missing = [f for f in metadata.feature_names if f not in names]
         if missing:
@@ -103,6 +131,7 @@ class OutputSpec:
             raise DataError(f"carried column(s) {', '.join(clash)} would clash with an output column name")
         if top_k < 0:
             raise DataError("--top-k must be >= 0")
+        time_column, series_column = _window_columns(metadata, names, time_column, series_column)
         return cls(
             feature_names=tuple(metadata.feature_names),
             severity_names=(artifact.SEVERITY_NONE, *(t.name for t in metadata.thresholds)),
@@ -110,12 +139,16 @@ class OutputSpec:
             top_k=min(top_k, metadata.n_features),
             flag_bad_rows=flag_bad_rows,
             id_column=id_column,
+            window_size=metadata.window_size,
+            time_column=time_column,
+            series_column=series_column,
         )
 
     @property
     def input_columns(self) -> list[str]:
-        """The input columns an engine must read (carried ones first, then features)."""
-        return list(dict.fromkeys([*self.carried, *self.feature_names]))
+        """The input columns an engine must read (carried ones first, then features, then window keys)."""
+        keys = [c for c in (self.series_column, self.time_column) if c]
+        return list(dict.fromkeys([*self.carried, *self.feature_names, *keys]))
 
     def schema(self, input_schema: pa.Schema) -> pa.Schema:
         """The output schema, the same for every batch and every engine."""
@@ -131,6 +164,32 @@ class OutputSpec:
         if self.flag_bad_rows:
             fields.append(pa.field(ERROR_COLUMN, pa.string()))
         return pa.schema(fields)
+
+
+def _window_columns(
+    metadata: ModelMetadata, names: set[str], time_column: str | None, series_column: str | None
+) -> tuple[str | None, str | None]:
+    """The time and series columns a windowed model's rows are read with (none for a row-wise model)."""
+    if not metadata.is_windowed:
+        if time_column or series_column:
+            raise DataError(
+                f"--time-column/--series-column apply to windowed models; model '{metadata.name}' "
+                "scores each row on its own"
+            )
+        return None, None
+    window = metadata.window
+    chosen = {
+        "time": window.get("time_column") if time_column is None else time_column,
+        "series": window.get("series_column") if series_column is None else series_column,
+    }
+    for kind, column in chosen.items():
+        if column and column not in names:
+            raise DataError(
+                f"the input has no {kind} column '{column}' (model '{metadata.name}' builds windows of "
+                f"{metadata.window_size} rows per series in time order); name the input's with "
+                f"--{kind}-column, or --{kind}-column '' if it has none"
+            )
+    return chosen["time"] or None, chosen["series"] or None
 
 
 def _describe(value: object) -> str:
@@ -186,6 +245,8 @@ class Split:
     x: np.ndarray  # [g, d] float32, C-contiguous: the good rows' features
     good: np.ndarray  # [n] bool
     bad_rows: list[BadRow]
+    series: np.ndarray | None = None  # [n] windowed models: each row's series key
+    times: np.ndarray | None = None  # [n] float64 windowed models: each row's time in seconds
 
 
 #: Rows per block when gathering columns into a row-major matrix: the block stays in cache.
@@ -207,8 +268,79 @@ def _row_major(columns: list[np.ndarray], n: int) -> np.ndarray:
     return x
 
 
+def seconds(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """A time column as float64 seconds (NaN where null): date-times as unix seconds, numbers as they are.
+
+    Text is parsed as ISO-8601 date-times; anything else is refused naming the column.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        try:
+            column = pc.cast(column, pa.timestamp("ns"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(
+                f"time column '{name}' holds text that is not an ISO-8601 date-time "
+                f"(e.g. {column.drop_null()[0].as_py()!r}); give seconds or date-times"
+            ) from None
+        kind = column.type
+    if pa.types.is_date(kind):
+        column = column.cast(pa.timestamp("s"))
+        kind = column.type
+    if pa.types.is_timestamp(kind):
+        per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[kind.unit]
+        ints = column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return np.where(column.is_null().to_numpy(zero_copy_only=False), np.nan, ints / per_second)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    raise DataError(f"time column '{name}' has type {kind}; it must hold seconds or date-times")
+
+
+def _window_keys(
+    batch: pa.RecordBatch, spec: OutputSpec
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[int, list[tuple[str, str]]]]:
+    """A windowed model's series keys and times per row, and the problems of rows lacking them."""
+    problems: dict[int, list[tuple[str, str]]] = {}
+    series = times = None
+    if spec.series_column:
+        column = batch.column(spec.series_column)
+        series = column.to_numpy(zero_copy_only=False)
+        if column.null_count:
+            for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
+                problems.setdefault(i, []).append((spec.series_column, "is missing"))
+    if spec.time_column:
+        times = seconds(batch.column(spec.time_column), spec.time_column)
+        for i in np.flatnonzero(~np.isfinite(times)).tolist():
+            problems.setdefault(i, []).append((spec.time_column, "is missing"))
+    return series, times, problems
+
+
 def split_rows(batch: pa.RecordBatch, spec: OutputSpec) -> Split:
     """Gather the feature columns into a row-major float32 matrix and find the rows that cannot be scored."""
+    if spec.window_size > 1:
+        series, times, problems = _window_keys(batch, spec)
+        split = _split_features(batch, spec)
+        if problems:
+            split = _with_problems(split, problems)
+        return Split(split.batch, split.x, split.good, split.bad_rows, series, times)
+    return _split_features(batch, spec)
+
+
+def _with_problems(split: Split, problems: dict[int, list[tuple[str, str]]]) -> Split:
+    """``split`` with more bad rows (a windowed model's rows without a series or a time)."""
+    by_row = {row.index: list(row.problems) for row in split.bad_rows}
+    for i, found in problems.items():
+        by_row.setdefault(i, []).extend(found)
+    good = split.good.copy()
+    good[list(problems)] = False
+    rows_x = np.flatnonzero(split.good)  # the rows split.x holds
+    x = np.ascontiguousarray(split.x[good[rows_x]])
+    bad = [BadRow(i, tuple(by_row[i])) for i in sorted(by_row)]
+    return Split(split.batch, x, good, bad)
+
+
+def _split_features(batch: pa.RecordBatch, spec: OutputSpec) -> Split:
     n = batch.num_rows
     text_masks: dict[int, np.ndarray] = {}
     nulls: dict[int, np.ndarray] = {}
@@ -266,39 +398,98 @@ def _names(dictionary: pa.Array, index: np.ndarray, good: np.ndarray, all_good: 
 def score_batch(
     batch: pa.RecordBatch | Split,
     spec: OutputSpec,
-    score_fn: ScoreFn,
+    score_fn: ScoreFn | SeriesScorer,
     output_schema: pa.Schema,
 ) -> tuple[pa.RecordBatch, list[BadRow]]:
     """Score one input batch (or its :func:`split_rows`); return the output batch and the bad rows.
 
     With ``spec.flag_bad_rows`` false the caller must fail on any bad row; the returned batch
-    is then empty and must not be written.
+    is then empty and must not be written. A windowed model (``spec.window_size`` > 1) takes a
+    :class:`SeriesScorer`; its warm-up rows come out with null scores and ``is_anomaly`` false.
     """
     split = batch if isinstance(batch, Split) else split_rows(batch, spec)
     batch, x, good, bad_rows = split.batch, split.x, split.good, split.bad_rows
     all_good = not bad_rows
     if bad_rows and not spec.flag_bad_rows:
         return pa.RecordBatch.from_pylist([], schema=output_schema), bad_rows
-    if len(x):
-        scored = score_fn(x, spec.top_k > 0)
+    if spec.window_size > 1:
+        scored, has_score = _score_series(split, score_fn, spec.top_k > 0)  # type: ignore[arg-type]
+    elif len(x):
+        scored, has_score = score_fn(x, spec.top_k > 0), good  # type: ignore[operator]
     else:  # every row is bad: nothing to score
-        empty = np.zeros(0, dtype=np.float32)
-        scored = ScoreBatch(empty, empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), None)
+        scored, has_score = empty_batch(len(spec.feature_names), False), good
+    all_scored = all_good if has_score is good else bool(has_score.all())
     columns = [batch.column(c) for c in spec.carried]
     columns += [
-        _scatter(np.asarray(scored.score, dtype=np.float32), good, all_good),
-        _scatter(np.asarray(scored.normalized_score, dtype=np.float32), good, all_good),
-        _scatter(np.asarray(scored.is_anomaly, dtype=bool), good, all_good),
-        _names(pa.array(spec.severity_names), np.asarray(scored.severity_level), good, all_good),
+        _scatter(np.asarray(scored.score, dtype=np.float32), has_score, all_scored),
+        _scatter(np.asarray(scored.normalized_score, dtype=np.float32), has_score, all_scored),
+        _anomaly_column(np.asarray(scored.is_anomaly, dtype=bool), good, has_score, all_scored),
+        _names(pa.array(spec.severity_names), np.asarray(scored.severity_level), has_score, all_scored),
     ]
     if spec.top_k:
-        columns += _top_columns(scored.feature_errors, spec, good, all_good)
+        columns += _top_columns(scored.feature_errors, spec, has_score, all_scored)
     if spec.flag_bad_rows:
         errors = np.full(batch.num_rows, None, dtype=object)
         for row in bad_rows:
             errors[row.index] = row.reason
         columns.append(pa.array(errors, type=pa.string()))
     return pa.RecordBatch.from_arrays(columns, schema=output_schema), bad_rows
+
+
+def _anomaly_column(is_anomaly: np.ndarray, good: np.ndarray, has_score: np.ndarray, all_scored: bool) -> pa.Array:
+    """``is_anomaly``: null for a bad row, false for a warm-up row (no window, so no alert)."""
+    if all_scored:
+        return pa.array(is_anomaly)
+    full = np.zeros(len(good), dtype=bool)
+    full[has_score] = is_anomaly
+    return pa.array(full, mask=None if good.all() else ~good)
+
+
+def _score_series(split: Split, scorer: SeriesScorer, with_fe: bool) -> tuple[ScoreBatch, np.ndarray]:
+    """A windowed model's verdicts on the good rows, and the ``[n]`` mask of rows that have one.
+
+    Rows continue their series' windows from the chunks before; a bad row breaks its series'
+    window (the rows after it warm up again) rather than being bridged silently.
+    """
+    good_idx, bad_idx = np.flatnonzero(split.good), np.flatnonzero(~split.good)
+    edges = [0, *np.searchsorted(good_idx, bad_idx).tolist(), len(good_idx)]
+    has_score = np.zeros(len(split.good), dtype=bool)
+    parts = []
+    for k, (begin, end) in enumerate(itertools.pairwise(edges)):
+        if end > begin:
+            rows = good_idx[begin:end]
+            series = None if split.series is None else split.series[rows]
+            times = None if split.times is None else split.times[rows]
+            try:
+                scored = scorer.score_rows(split.x[begin:end], series, times, with_fe)
+            except InvalidInputError as exc:
+                raise DataError(
+                    f"{exc.message} (the batch job takes each series' rows in input order; "
+                    "sort the input by time first)"
+                ) from None
+            has_score[rows[scored.scored]] = True
+            parts.append(scored.batch)
+        if k < len(bad_idx):
+            key = None if split.series is None else split.series[bad_idx[k]]
+            if split.series is None or key is not None:
+                scorer.forget(key)
+    if not parts:
+        return empty_batch(split.x.shape[1], with_fe), has_score
+    return concat_batches(parts), has_score
+
+
+def concat_batches(parts: list[ScoreBatch]) -> ScoreBatch:
+    """One :class:`ScoreBatch` of several, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    fe = [p.feature_errors for p in parts]
+    return ScoreBatch(
+        score=np.concatenate([p.score for p in parts]),
+        normalized_score=np.concatenate([p.normalized_score for p in parts]),
+        severity_level=np.concatenate([p.severity_level for p in parts]),
+        is_anomaly=np.concatenate([p.is_anomaly for p in parts]),
+        feature_errors=None if any(f is None for f in fe) else np.concatenate(fe),  # type: ignore[arg-type]
+    )
 
 
 def _top_columns(

@@ -16,6 +16,7 @@ cluster image). pyspark is imported only here, only when Spark is asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -32,10 +33,11 @@ from service import cli
 from service.batch.config import BAD_ROWS_REPORTED, BatchConfig
 from service.batch.io import Input, atomic_directory
 from service.batch.local import check_paths, empty_input_message
-from service.batch.rows import ERROR_COLUMN, OutputSpec, score_batch
+from service.batch.rows import ERROR_COLUMN, OutputSpec, ScoreFn, SeriesScorer, score_batch
 from service.batch.summary import Summary
 from service.errors import AeguardError, DataError
 from service.scorer import Scorer
+from service.window_scoring import CarriedWindows
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,14 @@ class ArrowScorer:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         scorer = _executor_scorer(self.file_name, self.checksum, self.threads)
+        # One call per partition: a windowed model's series start afresh in each (they live in one).
+        score_fn: ScoreFn | SeriesScorer = (
+            CarriedWindows(scorer)
+            if scorer.window is not None
+            else lambda x, fe: scorer.score(x, with_feature_errors=fe)
+        )
         for batch in batches:
-            out, bad = score_batch(
-                batch,
-                self.spec,
-                lambda x, fe: scorer.score(x, with_feature_errors=fe),
-                self.spec.schema(batch.schema),
-            )
+            out, bad = score_batch(batch, self.spec, score_fn, self.spec.schema(batch.schema))
             if bad and not self.spec.flag_bad_rows:
                 raise DataError(self._bad_rows_message(batch, bad))
             yield out
@@ -150,12 +153,16 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
             frame = reader.parquet(config.input_path)
         spec = OutputSpec.for_config(metadata, frame.columns, config)
         frame = frame.select(*spec.input_columns)
+        if metadata.is_windowed:
+            frame, spec = _by_series(frame, spec)
         out_schema = spec.schema(to_arrow_schema(frame.schema))
         spark.sparkContext.addFile(str(Path(config.model_path).resolve()))
         scorer_fn = ArrowScorer(
             Path(config.model_path).name, _checksum(config.model_path), config.threads, spec
         )
         scored = frame.mapInArrow(scorer_fn, from_arrow_schema(out_schema))
+        if metadata.is_windowed:  # back to input order, without the row number
+            scored = scored.orderBy(ROW_COLUMN).drop(ROW_COLUMN)
         summary = Summary(
             engine=f"spark {spark.sparkContext.master}",
             model_name=metadata.name,
@@ -185,6 +192,26 @@ def run_spark(config: BatchConfig, spark=None) -> Summary:
             spark.stop()
 
 
+#: The input row number a windowed job sorts by (and restores input order with); not in the output.
+ROW_COLUMN = "__aeguard_row"
+
+
+def _by_series(frame, spec: OutputSpec):  # -> (DataFrame, OutputSpec)
+    """Each series whole in one partition, in time order (ties: input order), numbered for the way back.
+
+    Spark's partitions do not keep a file's row order (it packs file splits by size), so each series
+    is sorted by its time column here, where the local engine refuses rows going back in time.
+    Without a time column, input order is what Spark's row numbers say.
+    """
+    from pyspark.sql import functions as f
+
+    frame = frame.withColumn(ROW_COLUMN, f.monotonically_increasing_id())
+    frame = frame.repartition(spec.series_column) if spec.series_column else frame.repartition(1)
+    keys = [c for c in (spec.series_column, spec.time_column) if c]
+    frame = frame.sortWithinPartitions(*keys, ROW_COLUMN)
+    return frame, dataclasses.replace(spec, carried=(*spec.carried, ROW_COLUMN))
+
+
 def _count(written, summary: Summary) -> None:
     """Fill the summary's counts from the written output (a cheap columnar pass)."""
     from pyspark.sql import functions as f
@@ -199,6 +226,8 @@ def _count(written, summary: Summary) -> None:
             summary.anomalies[row["severity"]] += row["count"]
     if has_error:
         summary.bad_rows = written.where(f.col(ERROR_COLUMN).isNotNull()).count()
+    # Rows without a severity are bad rows or, for a windowed model, warm-up rows.
+    summary.warm_up_rows = summary.rows - summary.scored_rows - summary.bad_rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,13 @@ class Summary:
     input: str
     output: str
     rows: int = 0
-    """Rows read from the input (scored + bad)."""
+    """Rows read from the input (scored + warm-up + bad)."""
     scored_rows: int = 0
     bad_rows: int = 0
     """Rows written with an ``error`` instead of scores (``--on-bad-rows flag``)."""
+    warm_up_rows: int = 0
+    """Windowed models: rows without a full window behind them (a series' first W-1 rows, or after a
+    gap), written with an empty score and ``is_anomaly`` false."""
     anomalies: dict[str, int] = field(default_factory=dict)
     """Rows per severity above ``none``, for every threshold of the model (zeros included)."""
     wall_s: float = 0.0
@@ -57,6 +60,10 @@ class Summary:
             f"time: {self.total_s:.2f} s in all; reading, scoring and writing {self.wall_s:.2f} s, "
             f"{self.rows_per_s:,.0f} rows/s",
         ]
+        if self.warm_up_rows:
+            lines.append(
+                f"warm-up rows: {self.warm_up_rows:,} (no full window behind them: empty score, not an anomaly)"
+            )
         if self.bad_rows:
             lines.append(f"bad rows: {self.bad_rows:,}, written with an 'error' column and no scores")
         return "\n".join(lines)

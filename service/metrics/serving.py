@@ -157,6 +157,20 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.stream_errors = Counter(
+            "aeguard_stream_errors",
+            "ScoreStream requests answered with an `error` (the stream went on), by gRPC status code "
+            "(the stream itself is counted once, in aeguard_rpc_requests).",
+            ["code"],
+            registry=registry,
+        )
+        self.stream_series = Gauge(
+            "aeguard_stream_series",
+            "Series whose last rows open ScoreStreams keep for a windowed model (freed when a stream "
+            "ends; summed over live workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
 
     def _define_score_series(self, registry: CollectorRegistry) -> None:
         mv = MODEL_LABELS

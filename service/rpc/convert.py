@@ -17,6 +17,8 @@ from service.errors import InvalidInputError, LimitExceededError
 from service.model_store import LoadedModel
 from service.rpc.api import aeguard_pb2 as pb
 from service.scorer import ScoreBatch
+from service.window_scoring import RowScores
+from service.windows import WindowSpec
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -93,6 +95,20 @@ def request_rows(request: Any, model: LoadedModel, max_rows: int) -> np.ndarray:
     raise InvalidInputError("empty batch: set samples (a Matrix) or named (samples by feature name)")
 
 
+def request_times(request: pb.ScoreRequest, n: int) -> np.ndarray | None:
+    """A windowed request's ``timestamps`` (seconds, one per row), or ``None`` when it has none."""
+    count = len(request.timestamps)
+    if not count:
+        return None
+    if count != n:
+        raise InvalidInputError(f"timestamps: {count} values for {n} rows; give one time (seconds) per row")
+    times = np.array(request.timestamps, dtype=np.float64)
+    if not np.isfinite(times).all():
+        i = int(np.argmin(np.isfinite(times)))
+        raise InvalidInputError(f"timestamps: value {i} is {times[i]}; times must be finite seconds")
+    return times
+
+
 def top_feature_columns(feature_errors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the ``k`` largest errors as ``[n, k]`` matrices: feature indices, errors, shares.
 
@@ -158,17 +174,33 @@ def columnar_results(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreB
     )
 
 
-def score_response(request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch) -> pb.ScoreResponse:
-    """Packed columns when ``request.columnar``, else one SampleResult per row, in order."""
+def score_response(
+    request: pb.ScoreRequest, model: LoadedModel, batch: ScoreBatch | RowScores
+) -> pb.ScoreResponse:
+    """Packed columns when ``request.columnar``, else one SampleResult per row, in order.
+
+    A windowed model's :class:`RowScores` mark their warm-up rows: ``columns.warm_up`` (and NaN
+    scores there), or ``SampleResult.warm_up`` with every other field unset.
+    """
+    warm_up = None
+    if isinstance(batch, RowScores):
+        warm_up = batch.warm_up
+        batch = batch.expanded()
     if request.columnar:
+        columns = columnar_results(request, model, batch)
+        if warm_up is not None:
+            columns.warm_up = _le_bytes(warm_up, "u1")
         return pb.ScoreResponse(
-            model=model.name,
-            model_version=model.version,
-            request_id=request.request_id,
-            columns=columnar_results(request, model, batch),
+            model=model.name, model_version=model.version, request_id=request.request_id, columns=columns
         )
     response = pb.ScoreResponse(model=model.name, model_version=model.version, request_id=request.request_id)
     _append_results(response, request, model, batch)
+    if warm_up is not None and warm_up.any():
+        results = response.results
+        for i in np.flatnonzero(warm_up).tolist():
+            result = results[i]
+            result.Clear()
+            result.warm_up = True
     return response
 
 
@@ -271,4 +303,18 @@ def model_info(model: LoadedModel, is_default: bool) -> pb.ModelInfo:
         created_at=meta.created_at,
         schema_version=meta.schema_version,
         load_duration_s=model.load_duration_s,
+        window=window_info(model.scorer.window),
+    )
+
+
+def window_info(spec: WindowSpec | None) -> pb.Window | None:
+    """ModelInfo.window: how a windowed model's rows become samples (``None`` for a row-wise model)."""
+    if spec is None:
+        return None
+    return pb.Window(
+        size=spec.size,
+        step=spec.step,
+        max_gap=spec.max_gap,
+        time_column=spec.time_column or "",
+        series_column=spec.series_column or "",
     )

@@ -297,6 +297,7 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
             config.max_batch_rows,
             config.micro_batch_rows,
             config.micro_batch_delay_ms / 1000,
+            max_stream_series=config.max_stream_series,
         ),
         instrumented,
     )

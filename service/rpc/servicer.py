@@ -15,15 +15,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
+
 from service.batcher import MicroBatcher
 from service.errors import AeguardError
 from service.metrics import Metrics
-from service.model_store import ModelStore
+from service.model_store import LoadedModel, ModelStore
 from service.rpc import convert
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.decoding import Undecodable
 from service.rpc.status import status_for
+from service.rpc.stream_state import StreamWindows
+from service.window_scoring import score_rows
+from service.windows import WindowBuilder
 
 #: Full service name, as used by health checks and reflection.
 #: Requests up to this many rows (without feature errors) go through the micro-batcher.
@@ -41,8 +46,10 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
         max_batch_rows: int,
         micro_batch_rows: int = 0,
         micro_batch_delay_s: float = 0.0,
+        max_stream_series: int = 1000,
     ) -> None:
         self._store = store
+        self._max_stream_series = max_stream_series
         self._metrics = metrics
         self._max_rows = max_batch_rows
         self._batcher = (
@@ -55,10 +62,14 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
         self._stream_batch = metrics.batch_size.labels("ScoreStream")
         self._encode_batch = metrics.batch_size.labels("Encode")
 
-    async def _score(self, request: pb.ScoreRequest, batch_size: Any) -> pb.ScoreResponse:
+    async def _score(
+        self, request: pb.ScoreRequest, batch_size: Any, stream: StreamWindows | None = None
+    ) -> pb.ScoreResponse:
         model = self._store.get(request.model)
         x = convert.request_rows(request, model, self._max_rows)
         with_fe = request.feature_errors or request.top_k > 0
+        if model.scorer.window is not None:
+            return self._score_windowed(request, model, x, with_fe, batch_size, stream)
         if (
             self._batcher is not None
             and not with_fe
@@ -72,20 +83,53 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
         batch_size.observe(x.shape[0])
         return convert.score_response(request, model, batch)
 
+    def _score_windowed(
+        self,
+        request: pb.ScoreRequest,
+        model: LoadedModel,
+        x: np.ndarray,
+        with_fe: bool,
+        batch_size: Any,
+        stream: StreamWindows | None,
+    ) -> pb.ScoreResponse:
+        """A windowed model: the rows of one series, continuing the stream's windows when it names it."""
+        times = convert.request_times(request, x.shape[0])
+        key = request.series or None
+        if stream is not None and key is not None:
+            builder = stream.builder(model)
+        else:  # the request stands alone: windows only inside it
+            builder = WindowBuilder(model.scorer.window, model.metadata.n_features)  # type: ignore[arg-type]
+        series = None if key is None else np.full(x.shape[0], key, dtype=object)
+        try:
+            rows = score_rows(model.scorer, builder, x, series=series, times=times, with_feature_errors=with_fe)
+        finally:
+            if stream is not None:
+                stream.update()
+        if len(rows.batch.score):
+            self._metrics.observe_scores(model, rows.batch)
+        batch_size.observe(x.shape[0])
+        return convert.score_response(request, model, rows)
+
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
         return await self._score(request, self._score_batch)
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest | Undecodable], context: Any
     ) -> AsyncIterator[pb.ScoreResponse]:
-        async for request in request_iterator:
-            try:
-                if isinstance(request, Undecodable):
-                    raise request.error()
-                yield await self._score(request, self._stream_batch)
-            except AeguardError as exc:
-                request_id = "" if isinstance(request, Undecodable) else request.request_id
-                yield convert.error_response(request_id, status_for(exc).value[0], exc.message)
+        stream = StreamWindows(self._max_stream_series, self._metrics.stream_series)
+        try:
+            async for request in request_iterator:
+                try:
+                    if isinstance(request, Undecodable):
+                        raise request.error()
+                    yield await self._score(request, self._stream_batch, stream)
+                except AeguardError as exc:
+                    request_id = "" if isinstance(request, Undecodable) else request.request_id
+                    code = status_for(exc)
+                    self._metrics.stream_errors.labels(code.name).inc()
+                    yield convert.error_response(request_id, code.value[0], exc.message)
+        finally:
+            stream.close()  # the stream's windows go with it, however it ended
 
     async def Encode(self, request: pb.EncodeRequest, context: Any) -> pb.EncodeResponse:
         model = self._store.get(request.model)
