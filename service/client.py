@@ -116,12 +116,20 @@ def _scores(resp: pb.ScoreResponse, want_fe: bool) -> Scores:
         is_anomaly=np.array([r.is_anomaly for r in results], dtype=bool),
         severity=[r.severity for r in results],
         top_features=[[(f.name, f.error, f.share) for f in r.top_features] for r in results],
-        feature_errors=np.array([list(r.feature_errors) for r in results], dtype=np.float32)
-        if want_fe
-        else None,
+        feature_errors=_feature_errors(results) if want_fe else None,
         request_id=resp.request_id,
         warm_up=np.array([r.warm_up for r in results], dtype=bool),
     )
+
+
+def _feature_errors(results: Any) -> np.ndarray:
+    """Per-sample feature errors as ``[n, d]``; a warm-up row (which has none) reads NaN."""
+    d = max((len(r.feature_errors) for r in results), default=0)
+    out = np.full((len(results), d), np.nan, dtype=np.float32)
+    for i, r in enumerate(results):
+        if not r.warm_up:
+            out[i] = r.feature_errors
+    return out
 
 
 def _column(data: bytes, dtype: str, shape: tuple[int, ...], name: str) -> np.ndarray:

@@ -116,7 +116,7 @@ def windowed_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def single_feature_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A windowed model of ONE feature (``f0``), W = 8, coding size 2: undercomplete only thanks to windows."""
+    """A windowed model of ONE feature (``f0``), W = 8, coding size 2: undercomplete thanks to windows."""
     from window_support import build_windowed_model
 
     return build_windowed_model(

@@ -104,8 +104,12 @@ def test_rows_going_back_in_time_are_refused_naming_the_series(table, windowed_m
     rows[a][TIME_COLUMN], rows[b][TIME_COLUMN] = rows[b][TIME_COLUMN], rows[a][TIME_COLUMN]
     source = write_parquet(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "unsorted.parquet")
     out = tmp_path / "out.parquet"
-    code = main(["score", "--no-progress", "--model", str(windowed_model_path), "--input", str(source)]
-                + ["--output", str(out), "--chunk-rows", "8"])
+    code = main(
+        [
+            *("score", "--no-progress", "--model", str(windowed_model_path), "--input", str(source)),
+            *("--output", str(out), "--chunk-rows", "8"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert "series 'h2'" in err and "older than the row before it" in err and "sort the input by time" in err
@@ -118,7 +122,10 @@ def test_a_bad_row_restarts_its_series_window_in_flag_mode(scorer, table, window
     rows[bad]["f1"] = None
     source = write_parquet(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "bad.parquet")
     out = tmp_path / "out.csv"
-    assert score("--model", windowed_model_path, "--input", source, "--output", out, "--on-bad-rows", "flag") == 0
+    assert (
+        score("--model", windowed_model_path, "--input", source, "--output", out, "--on-bad-rows", "flag")
+        == 0
+    )
     result = read_output(out)
     errors = result.column("error").to_pylist()
     assert errors[bad] == "column 'f1' is missing" and result.column("is_anomaly")[bad].as_py() is None
@@ -142,8 +149,18 @@ def test_the_time_and_series_columns_can_be_renamed_or_left_out(table, windowed_
     renamed = table.rename_columns([{"host": "node", "ts": "when"}.get(c, c) for c in table.column_names])
     source = write_parquet(renamed, tmp_path / "renamed.parquet")
     out = tmp_path / "out.parquet"
-    code = main(["score", "--no-progress", "--model", str(windowed_model_path), "--input", str(source),
-                 "--output", str(out)])
+    code = main(
+        [
+            "score",
+            "--no-progress",
+            "--model",
+            str(windowed_model_path),
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 2 and "no time column 'ts'" in capsys.readouterr().err
     run_job(windowed_model_path, source, out, "--series-column", "node", "--time-column", "when")
     named = pq.read_table(out).column("score")

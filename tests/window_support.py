@@ -27,7 +27,11 @@ def series_values(n_rows: int, n_features: int, phase: float, seed: int) -> np.n
     rng = np.random.default_rng(seed)
     t = np.arange(n_rows)[:, None]
     offsets = np.arange(n_features)[None, :]
-    x = 10 + 3 * np.sin(2 * np.pi * t / 12 + phase + offsets) + 0.1 * rng.standard_normal((n_rows, n_features))
+    x = (
+        10
+        + 3 * np.sin(2 * np.pi * t / 12 + phase + offsets)
+        + 0.1 * rng.standard_normal((n_rows, n_features))
+    )
     return x.astype(np.float32)
 
 

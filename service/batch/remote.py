@@ -147,7 +147,10 @@ class RemoteScorer:
         self, x: np.ndarray, series: np.ndarray | None, times: np.ndarray | None, with_feature_errors: bool
     ) -> RowScores:
         """Rows of any series, in input order: one request per series (and per ``batch_rows``)."""
-        sent = [self._send(key, x[idx], None if times is None else times[idx], idx) for key, idx in _groups(series, len(x))]
+        sent = [
+            self._send(key, x[idx], None if times is None else times[idx], idx)
+            for key, idx in _groups(series, len(x))
+        ]
         out = _Verdicts(len(x), self.metadata.n_features, with_feature_errors)
         for key, pieces in sent:
             for idx, lead in pieces:
@@ -162,7 +165,7 @@ class RemoteScorer:
     def _send(
         self, key: Any, x: np.ndarray, times: np.ndarray | None, idx: np.ndarray
     ) -> tuple[Any, list[tuple[np.ndarray, int]]]:
-        """Queue one series' rows as requests, each led by the rows before it; return (rows, lead) per request."""
+        """Queue one series' rows as requests, each led by the rows before it: (rows, lead) per request."""
         keep = self.metadata.window_size - 1
         step = max(1, self.batch_rows - keep)
         pieces = []
@@ -204,7 +207,10 @@ def _groups(series: np.ndarray | None, n: int) -> list[tuple[Any, np.ndarray]]:
     if series is None:
         return [(None, np.arange(n))]
     keys, first, inverse = np.unique(series, return_index=True, return_inverse=True)
-    return [(keys[i].item() if isinstance(keys[i], np.generic) else keys[i], np.flatnonzero(inverse == i)) for i in np.argsort(first)]
+    return [
+        (keys[i].item() if isinstance(keys[i], np.generic) else keys[i], np.flatnonzero(inverse == i))
+        for i in np.argsort(first)
+    ]
 
 
 class _Verdicts:
@@ -232,6 +238,10 @@ class _Verdicts:
     def row_scores(self) -> RowScores:
         s = self.scored
         batch = ScoreBatch(
-            self.score[s], self.normalized[s], self.level[s], self.anomaly[s], None if self.fe is None else self.fe[s]
+            self.score[s],
+            self.normalized[s],
+            self.level[s],
+            self.anomaly[s],
+            None if self.fe is None else self.fe[s],
         )
         return RowScores(batch, s, gaps=0)

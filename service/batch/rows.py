@@ -40,6 +40,7 @@ class SeriesScorer(Protocol):
     def forget(self, key: Any) -> None:
         """Restart one series' window (a bad row broke it)."""
 
+
 ERROR_COLUMN = "error"
 SCORE_COLUMNS = ("score", "normalized_score", "is_anomaly", "severity")
 
@@ -436,7 +437,9 @@ def score_batch(
     return pa.RecordBatch.from_arrays(columns, schema=output_schema), bad_rows
 
 
-def _anomaly_column(is_anomaly: np.ndarray, good: np.ndarray, has_score: np.ndarray, all_scored: bool) -> pa.Array:
+def _anomaly_column(
+    is_anomaly: np.ndarray, good: np.ndarray, has_score: np.ndarray, all_scored: bool
+) -> pa.Array:
     """``is_anomaly``: null for a bad row, false for a warm-up row (no window, so no alert)."""
     if all_scored:
         return pa.array(is_anomaly)

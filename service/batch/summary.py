@@ -62,7 +62,8 @@ class Summary:
         ]
         if self.warm_up_rows:
             lines.append(
-                f"warm-up rows: {self.warm_up_rows:,} (no full window behind them: empty score, not an anomaly)"
+                f"warm-up rows: {self.warm_up_rows:,} "
+                "(no full window behind them: empty score, not an anomaly)"
             )
         if self.bad_rows:
             lines.append(f"bad rows: {self.bad_rows:,}, written with an 'error' column and no scores")

@@ -101,7 +101,9 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
             builder = WindowBuilder(model.scorer.window, model.metadata.n_features)  # type: ignore[arg-type]
         series = None if key is None else np.full(x.shape[0], key, dtype=object)
         try:
-            rows = score_rows(model.scorer, builder, x, series=series, times=times, with_feature_errors=with_fe)
+            rows = score_rows(
+                model.scorer, builder, x, series=series, times=times, with_feature_errors=with_fe
+            )
         finally:
             if stream is not None:
                 stream.update()
