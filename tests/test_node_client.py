@@ -273,3 +273,42 @@ def test_node_client_speaks_mutual_tls_with_a_token(node_modules, tiny_model_pat
         assert code == 1 and out["error"]["code_name"] == "UNAVAILABLE"  # no client certificate under mTLS
     finally:
         handle.stop(0)
+
+
+def test_node_streams_a_windowed_series_one_row_per_message(node_modules, windowed_model_path):
+    """ScoreRequest.series and timestamps from the .proto alone: one row per message continues the
+    series; the scores equal the Python client's one call; warm-up rows are marked in both forms."""
+    from window_support import series_values
+
+    from service.client import Client
+    from service.config import ServerConfig
+    from service.model_store import ModelStore
+    from service.rpc.server import build_server
+
+    store = ModelStore()
+    store.load_path(windowed_model_path)
+    handle = build_server(ServerConfig(host="127.0.0.1", port=0, metrics_port=0), store)
+    try:
+        target = f"127.0.0.1:{handle.port}"
+        x = series_values(12, 3, phase=0.0, seed=5)
+        times = (1_700_000_000.0 + np.arange(12)).tolist()
+        requests = [
+            spec(x[i : i + 1], series="h0", timestamps=times[i : i + 1], columnar=bool(i % 2))
+            for i in range(len(x))
+        ]
+        status, out = node(node_modules, "stream", target, {"requests": requests})
+        assert status == 0 and out["ok"], out
+        warm, scores = [], []
+        for i, response in enumerate(out["responses"]):
+            if i % 2:
+                warm.append(response["columns"]["warm_up"][0])
+                scores.append(response["columns"]["scores"][0])  # NaN (null) while warming up
+            else:
+                warm.append(response["results"][0]["warm_up"])
+                scores.append(response["results"][0]["score"])
+        assert warm == [True] * 4 + [False] * 8
+        with Client(target) as client:
+            expected = client.score(x, timestamps=times)
+        np.testing.assert_allclose(scores[4:], expected.score[4:], rtol=RTOL)
+    finally:
+        handle.stop(0)

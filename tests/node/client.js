@@ -17,6 +17,10 @@
 //   asks GetModelInfo for the feature names and sends NamedSample maps. "columnar" asks for
 //   ScoreResponse.columns; the client decodes its little-endian byte columns into plain arrays
 //   (see decodeColumns) and prints them in place of the bytes.
+//   Windowed models: "series": "h1" (on a stream, continues that series' windows from the previous
+//   request naming it) and "timestamps": [seconds, ...] (one per row: gaps and order checks).
+//   Rows without a full window come back with SampleResult.warm_up = true, or columns.warm_up
+//   decoded to booleans (their scores are NaN, printed as null).
 // `stream` spec: {"requests": [<score spec>, ...]}: one ScoreStream call, every request written
 //   in order, the half-close, then every response read.
 //
@@ -103,6 +107,8 @@ function buildRequest(spec, featureNames) {
     feature_errors: Boolean(spec.feature_errors),
     request_id: spec.request_id || "",
     columnar: Boolean(spec.columnar),
+    series: spec.series || "",
+    timestamps: spec.timestamps || [],
   };
   const encoding = spec.encoding || "values";
   if (encoding === "named") {
@@ -154,6 +160,10 @@ function decodeColumns(columns) {
     top_feature_shares: rowsOf(readColumn(columns.top_feature_shares, 4, f32, n * k, "top_feature_shares"), n, k),
     feature_errors: null,
   };
+  // Windowed models only: one byte per sample, 1 = warm-up (no score); empty for a row-wise model.
+  decoded.warm_up = columns.warm_up.length
+    ? readColumn(columns.warm_up, 1, Buffer.prototype.readUInt8, n, "warm_up").map((b) => b === 1)
+    : new Array(n).fill(false);
   const fe = columns.feature_errors;
   if (fe) {
     const flat = readColumn(fe.raw, 4, f32, fe.rows * fe.cols, "feature_errors.raw");
