@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import InvalidInputError, truncate
 from service.scorer import ScoreBatch, Scorer, check_row_matrix
 from service.windows import WindowBuilder
 
@@ -83,21 +84,65 @@ def score_rows(
 
 
 class CarriedWindows:
-    """One scorer and one :class:`WindowBuilder` for a run of calls: the batch job's engines, where each
-    series' rows continue from one chunk to the next (the batch job's ``SeriesScorer``)."""
+    """A scorer and one :class:`WindowBuilder` per series, carried over a run of calls: the batch job's
+    engines (its ``SeriesScorer``), where each series' rows continue from one chunk to the next.
+
+    Rows come grouped by series, and each series' windows go to onnxruntime in one call per chunk
+    without being reordered: only the scores are put back in row order (cheaper than moving windows).
+    """
 
     def __init__(self, scorer: Scorer) -> None:
         if scorer.window is None:
             raise ValueError(f"{scorer.source} is a row-wise model; it has no windows to carry")
         self.scorer = scorer
-        self.builder = WindowBuilder(scorer.window, scorer.metadata.n_features)
+        self.spec = scorer.window
+        self._builders: dict[object, WindowBuilder] = {}
 
     def score_rows(
-        self, x: np.ndarray, series: np.ndarray | None, times: np.ndarray | None, with_feature_errors: bool
+        self,
+        x: np.ndarray,
+        groups: list[tuple[object, np.ndarray]],
+        times: np.ndarray | None,
+        with_feature_errors: bool,
     ) -> RowScores:
-        return score_rows(
-            self.scorer, self.builder, x, series=series, times=times, with_feature_errors=with_feature_errors
+        """Rows ``x`` ``[n, d]`` grouped as ``(series key, row indices in order)``; times in seconds."""
+        x = check_row_matrix(x, self.scorer.metadata)
+        samples, owners, gaps = [], [], 0
+        for key, idx in groups:
+            builder = self._builders.get(key)
+            if builder is None:
+                builder = self._builders[key] = WindowBuilder(self.spec, x.shape[1])
+            try:
+                windows = builder.add(x[idx], times=None if times is None else times[idx])
+            except InvalidInputError as exc:
+                raise InvalidInputError(name_series(exc.message, key)) from None
+            samples.append(windows.samples)
+            owners.append(idx[windows.rows])
+            gaps += windows.gaps
+        scored = np.zeros(len(x), dtype=bool)
+        rows = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+        if not len(rows):
+            return RowScores(empty_batch(x.shape[1], with_feature_errors), scored, gaps)
+        batch = self.scorer.score(np.concatenate(samples), with_feature_errors=with_feature_errors)
+        scored[rows] = True
+        order = np.argsort(rows, kind="stable")
+        fe = None if batch.feature_errors is None else batch.feature_errors[order]
+        batch = ScoreBatch(
+            batch.score[order],
+            batch.normalized_score[order],
+            batch.severity_level[order],
+            batch.is_anomaly[order],
+            fe,
         )
+        return RowScores(batch, scored, gaps)
 
     def forget(self, key: object) -> None:
-        self.builder.forget(key)
+        """Restart one series' window (its next rows warm up again)."""
+        self._builders.pop(key, None)
+
+
+def name_series(message: str, key: object) -> str:
+    """A :class:`WindowBuilder` message about an unnamed series (``series: ...``) naming ``key``."""
+    if key is None or not message.startswith("series:"):
+        return message
+    return f"series {truncate(str(key), 80)!r}:" + message[len("series:") :]

@@ -27,7 +27,7 @@ from service.client import Client, ColumnarScores, Security, SeriesRows, StreamE
 from service.errors import AeguardError, InvalidInputError
 from service.rpc.api import aeguard_pb2 as pb
 from service.scorer import ScoreBatch
-from service.window_scoring import RowScores
+from service.window_scoring import RowScores, name_series
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +144,21 @@ class RemoteScorer:
 
     # -- windowed models: the batch job's SeriesScorer ----------------------------------------------
     def score_rows(
-        self, x: np.ndarray, series: np.ndarray | None, times: np.ndarray | None, with_feature_errors: bool
+        self,
+        x: np.ndarray,
+        groups: list[tuple[Any, np.ndarray]],
+        times: np.ndarray | None,
+        with_feature_errors: bool,
     ) -> RowScores:
-        """Rows of any series, in input order: one request per series (and per ``batch_rows``)."""
-        sent = [
-            self._send(key, x[idx], None if times is None else times[idx], idx)
-            for key, idx in _groups(series, len(x))
-        ]
+        """Rows grouped by series: one request per series (and per ``batch_rows``)."""
+        sent = [self._send(key, x[idx], None if times is None else times[idx], idx) for key, idx in groups]
         out = _Verdicts(len(x), self.metadata.n_features, with_feature_errors)
         for key, pieces in sent:
             for idx, lead in pieces:
                 try:
                     reply = self._next()
                 except InvalidInputError as exc:
-                    where = "series" if key is None else f"series {key!r}"
-                    raise InvalidInputError(exc.message.replace("series:", f"{where}:", 1)) from None
+                    raise InvalidInputError(name_series(exc.message, key)) from None
                 out.put(idx, reply, lead)
         return out.row_scores()
 
@@ -200,17 +200,6 @@ class RemoteScorer:
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.close(cancel=exc_type is not None)
-
-
-def _groups(series: np.ndarray | None, n: int) -> list[tuple[Any, np.ndarray]]:
-    """``(key, row indices in order)`` per series, series in order of first appearance."""
-    if series is None:
-        return [(None, np.arange(n))]
-    keys, first, inverse = np.unique(series, return_index=True, return_inverse=True)
-    return [
-        (keys[i].item() if isinstance(keys[i], np.generic) else keys[i], np.flatnonzero(inverse == i))
-        for i in np.argsort(first)
-    ]
 
 
 class _Verdicts:

@@ -30,11 +30,15 @@ from service.window_scoring import RowScores, empty_batch
 ScoreFn = Callable[[np.ndarray, bool], ScoreBatch]
 
 
+#: Rows by series: ``(series key, indices of its rows in order)``, series in order of first appearance.
+Groups = list[tuple[Any, np.ndarray]]
+
+
 class SeriesScorer(Protocol):
     """A windowed model's scorer: rows continue their series' windows from one call to the next."""
 
     def score_rows(
-        self, x: np.ndarray, series: np.ndarray | None, times: np.ndarray | None, with_feature_errors: bool
+        self, x: np.ndarray, groups: Groups, times: np.ndarray | None, with_feature_errors: bool
     ) -> RowScores: ...
 
     def forget(self, key: Any) -> None:
@@ -246,7 +250,8 @@ class Split:
     x: np.ndarray  # [g, d] float32, C-contiguous: the good rows' features
     good: np.ndarray  # [n] bool
     bad_rows: list[BadRow]
-    series: np.ndarray | None = None  # [n] windowed models: each row's series key
+    series: np.ndarray | None = None  # [n] int windowed models: each row's series, an index into names
+    series_names: list | None = None  # the series keys ``series`` indexes (this batch's dictionary)
     times: np.ndarray | None = None  # [n] float64 windowed models: each row's time in seconds
 
 
@@ -300,13 +305,20 @@ def seconds(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
 
 def _window_keys(
     batch: pa.RecordBatch, spec: OutputSpec
-) -> tuple[np.ndarray | None, np.ndarray | None, dict[int, list[tuple[str, str]]]]:
+) -> tuple[tuple[np.ndarray, list] | None, np.ndarray | None, dict[int, list[tuple[str, str]]]]:
     """A windowed model's series keys and times per row, and the problems of rows lacking them."""
     problems: dict[int, list[tuple[str, str]]] = {}
     series = times = None
     if spec.series_column:
         column = batch.column(spec.series_column)
-        series = column.to_numpy(zero_copy_only=False)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        # Codes from Arrow's hash table: grouping by them costs a small fraction of sorting the keys.
+        encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+        series = (
+            encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64),
+            encoded.dictionary.to_pylist(),
+        )
         if column.null_count:
             for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
                 problems.setdefault(i, []).append((spec.series_column, "is missing"))
@@ -324,7 +336,10 @@ def split_rows(batch: pa.RecordBatch, spec: OutputSpec) -> Split:
         split = _split_features(batch, spec)
         if problems:
             split = _with_problems(split, problems)
-        return Split(split.batch, split.x, split.good, split.bad_rows, series, times)
+        codes, names = (None, None) if series is None else series
+        return Split(
+            split.batch, split.x, split.good, split.bad_rows, series=codes, series_names=names, times=times
+        )
     return _split_features(batch, spec)
 
 
@@ -461,10 +476,9 @@ def _score_series(split: Split, scorer: SeriesScorer, with_fe: bool) -> tuple[Sc
     for k, (begin, end) in enumerate(itertools.pairwise(edges)):
         if end > begin:
             rows = good_idx[begin:end]
-            series = None if split.series is None else split.series[rows]
             times = None if split.times is None else split.times[rows]
             try:
-                scored = scorer.score_rows(split.x[begin:end], series, times, with_fe)
+                scored = scorer.score_rows(split.x[begin:end], _groups(split, rows), times, with_fe)
             except InvalidInputError as exc:
                 raise DataError(
                     f"{exc.message} (the batch job takes each series' rows in input order; "
@@ -473,12 +487,25 @@ def _score_series(split: Split, scorer: SeriesScorer, with_fe: bool) -> tuple[Sc
             has_score[rows[scored.scored]] = True
             parts.append(scored.batch)
         if k < len(bad_idx):
-            key = None if split.series is None else split.series[bad_idx[k]]
-            if split.series is None or key is not None:
-                scorer.forget(key)
+            if split.series is None:
+                scorer.forget(None)
+            elif split.series[bad_idx[k]] >= 0:  # a row without a series belongs to none
+                scorer.forget(split.series_names[split.series[bad_idx[k]]])  # type: ignore[index]
     if not parts:
         return empty_batch(split.x.shape[1], with_fe), has_score
     return concat_batches(parts), has_score
+
+
+def _groups(split: Split, rows: np.ndarray) -> Groups:
+    """The series of ``rows`` (batch indices) as positions within ``rows``, by the batch's codes."""
+    if split.series is None or split.series_names is None:
+        return [(None, np.arange(len(rows)))]
+    codes = split.series[rows]
+    order = np.argsort(codes, kind="stable")
+    present, starts = np.unique(codes[order], return_index=True)
+    parts = np.split(order, starts[1:])
+    first = [part[0] for part in parts]
+    return [(split.series_names[present[i]], parts[i]) for i in np.argsort(first, kind="stable")]
 
 
 def concat_batches(parts: list[ScoreBatch]) -> ScoreBatch:
