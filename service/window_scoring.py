@@ -87,8 +87,8 @@ class CarriedWindows:
     """A scorer and one :class:`WindowBuilder` per series, carried over a run of calls: the batch job's
     engines (its ``SeriesScorer``), where each series' rows continue from one chunk to the next.
 
-    Rows come grouped by series, and each series' windows go to onnxruntime in one call per chunk
-    without being reordered: only the scores are put back in row order (cheaper than moving windows).
+    Rows come grouped by series, and each series' windows go to onnxruntime as they are built, one
+    call per series and chunk: only the scores are put back in row order (cheaper than moving windows).
     """
 
     def __init__(self, scorer: Scorer) -> None:
@@ -107,7 +107,7 @@ class CarriedWindows:
     ) -> RowScores:
         """Rows ``x`` ``[n, d]`` grouped as ``(series key, row indices in order)``; times in seconds."""
         x = check_row_matrix(x, self.scorer.metadata)
-        samples, owners, gaps = [], [], 0
+        batches, owners, gaps = [], [], 0
         for key, idx in groups:
             builder = self._builders.get(key)
             if builder is None:
@@ -116,23 +116,23 @@ class CarriedWindows:
                 windows = builder.add(x[idx], times=None if times is None else times[idx])
             except InvalidInputError as exc:
                 raise InvalidInputError(name_series(exc.message, key)) from None
-            samples.append(windows.samples)
-            owners.append(idx[windows.rows])
             gaps += windows.gaps
+            if len(windows.rows):  # one onnxruntime call per series: no copy of all windows into one
+                batches.append(self.scorer.score(windows.samples, with_feature_errors=with_feature_errors))
+                owners.append(idx[windows.rows])
         scored = np.zeros(len(x), dtype=bool)
-        rows = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
-        if not len(rows):
+        if not owners:
             return RowScores(empty_batch(x.shape[1], with_feature_errors), scored, gaps)
-        batch = self.scorer.score(np.concatenate(samples), with_feature_errors=with_feature_errors)
+        rows = np.concatenate(owners)
         scored[rows] = True
         order = np.argsort(rows, kind="stable")
-        fe = None if batch.feature_errors is None else batch.feature_errors[order]
+        fe = [b.feature_errors for b in batches]
         batch = ScoreBatch(
-            batch.score[order],
-            batch.normalized_score[order],
-            batch.severity_level[order],
-            batch.is_anomaly[order],
-            fe,
+            np.concatenate([b.score for b in batches])[order],
+            np.concatenate([b.normalized_score for b in batches])[order],
+            np.concatenate([b.severity_level for b in batches])[order],
+            np.concatenate([b.is_anomaly for b in batches])[order],
+            None if fe[0] is None else np.concatenate(fe)[order],  # type: ignore[arg-type]
         )
         return RowScores(batch, scored, gaps)
 
