@@ -5,7 +5,7 @@ server's CPU per row on ScoreStream (one row per message) against a row-wise mod
 
 1. **Batch job**: a Parquet input of ``--series`` series interleaved in time (the model's series and
    time columns, step 1 s, no gaps) goes through `aeguard score` in a child process (its peak RSS
-   read as in :mod:`service.bench.batch`); the limit is the model's
+   read as in :mod:`bench.batch`); the limit is the model's
    :class:`~service.scorer.Scorer` in this process on the same windows, built beforehand and held
    in memory, in chunks of the same size. Job and limit alternate; the ratio is the median of the
    per-round ratios (job rows/s over limit windows/s; the job's rows include each series' W-1
