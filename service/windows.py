@@ -174,8 +174,8 @@ class WindowBuilder:
         for begin, end in itertools.pairwise(edges):
             head = carry if begin == 0 else empty
             run = np.concatenate([head, x[begin:end]]) if len(head) else x[begin:end]
-            if len(run) >= w:
-                samples.append(sliding(run, w))
+            if len(run) >= w:  # exactly one window (a stream's row after warm-up): no view needed
+                samples.append(run[None] if len(run) == w else sliding(run, w))
                 ends.append(np.arange(w - 1, len(run)) - len(head) + begin)
             tail = run[max(0, len(run) - (w - 1)) :]
         if n:

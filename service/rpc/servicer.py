@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import MicroBatcher
-from service.errors import AeguardError
+from service.errors import AeguardError, InvalidInputError
 from service.metrics import Metrics
 from service.model_store import LoadedModel, ModelStore
 from service.rpc import convert
@@ -27,7 +27,7 @@ from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.decoding import Undecodable
 from service.rpc.status import status_for
 from service.rpc.stream_state import StreamWindows
-from service.window_scoring import score_rows
+from service.window_scoring import name_series, score_rows
 from service.windows import WindowBuilder
 
 #: Full service name, as used by health checks and reflection.
@@ -94,19 +94,15 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
     ) -> pb.ScoreResponse:
         """A windowed model: the rows of one series, continuing the stream's windows when it names it."""
         times = convert.request_times(request, x.shape[0])
-        key = request.series or None
-        if stream is not None and key is not None:
-            builder = stream.builder(model)
+        key = request.series
+        if stream is not None and key:
+            builder = stream.builder(model, key)
         else:  # the request stands alone: windows only inside it
             builder = WindowBuilder(model.scorer.window, model.metadata.n_features)  # type: ignore[arg-type]
-        series = None if key is None else np.full(x.shape[0], key, dtype=object)
         try:
-            rows = score_rows(
-                model.scorer, builder, x, series=series, times=times, with_feature_errors=with_fe
-            )
-        finally:
-            if stream is not None:
-                stream.update()
+            rows = score_rows(model.scorer, builder, x, times=times, with_feature_errors=with_fe)
+        except InvalidInputError as exc:
+            raise InvalidInputError(name_series(exc.message, key or None)) from None
         if len(rows.batch.score):
             self._metrics.observe_scores(model, rows.batch)
         batch_size.observe(x.shape[0])
