@@ -211,6 +211,8 @@ def test_bad_window_fields_name_the_problem(client, rows):
         client.score(rows[:2], model="win", timestamps=[1.0, float("nan")])
     with pytest.raises(InvalidInputError, match="samples have 2 features per row"):
         client.score(rows[:6, :2], model="win")
+    with pytest.raises(InvalidInputError, match="Encode: model 'win' is windowed"):
+        client.encode(rows[:6], model="win")
 
 
 def test_the_batch_job_through_the_server_equals_the_local_one(server, tmp_path, capsys):

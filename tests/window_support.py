@@ -155,7 +155,14 @@ def build_windowed_model(
             Threshold("critical", float(np.quantile(scores, 0.999)), "quantile", 0.999),
         ],
         score_distribution=ScoreDistribution(probabilities, np.quantile(scores, probabilities).tolist()),
-        architecture={"kind": "windowed_dense_autoencoder (test fixture)", "window": size},
+        architecture={
+            "kind": "windowed_dense_autoencoder (test fixture)",
+            "layer_sizes": [size * n_features, 16, coding],
+            "activation": "tanh",
+            "tied_weights": False,
+            "denoise_sigma": 0.0,
+            "weight_count": sum(p.numel() for p in graph.parameters()),
+        },
         export={**export, "opset": 18},
         window={
             "size": size,

@@ -131,6 +131,11 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
 
     async def Encode(self, request: pb.EncodeRequest, context: Any) -> pb.EncodeResponse:
         model = self._store.get(request.model)
+        if model.scorer.window is not None:
+            raise InvalidInputError(
+                f"Encode: model '{model.name}' is windowed ({model.metadata.window_size} rows per sample); "
+                "Encode serves row-wise models only (Score gives windowed models' verdicts)"
+            )
         x = convert.request_rows(request, model, self._max_rows)
         codes = model.scorer.encode(x)
         self._encode_batch.observe(x.shape[0])
