@@ -4,6 +4,7 @@ stream ends, and the same scores row by row, in one call and from the batch job.
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 import threading
@@ -230,3 +231,37 @@ def test_the_batch_job_through_the_server_equals_the_local_one(server, tmp_path,
         == 0
     )
     assert pq.read_table(remote).equals(pq.read_table(local))
+
+
+def test_the_batch_job_through_the_server_refuses_unsorted_rows_naming_the_series(server, tmp_path, capsys):
+    t = series_table(2, 20, 3)
+    rows_ = t.to_pylist()
+    h1 = [i for i, r in enumerate(rows_) if r[SERIES_COLUMN] == "h1"]
+    rows_[h1[12]][TIME_COLUMN], rows_[h1[13]][TIME_COLUMN] = (
+        rows_[h1[13]][TIME_COLUMN],
+        rows_[h1[12]][TIME_COLUMN],
+    )
+    source = write_parquet(pa.Table.from_pylist(rows_, schema=t.schema), tmp_path / "unsorted.parquet")
+    out = tmp_path / "out.parquet"
+    code = run_score("--target", f"127.0.0.1:{server.port}", "--model-name", "win", "--input", source,
+                     "--output", out, "--chunk-rows", 9)  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "series 'h1'" in err and "older than the row before it" in err
+
+
+@pytest.mark.slow
+def test_the_windows_benchmark_runs_end_to_end(windowed_model_path, tiny_model_path, tmp_path, capsys):
+    """`python -m bench.windows`, shrunk: both parts measure, and the ratios follow from the rounds."""
+    from bench import windows
+
+    assert windows.main([
+        "--model", str(windowed_model_path), "--rowwise-model", str(tiny_model_path), "--rows", "3000",
+        "--series", "5", "--chunk-rows", "700", "--messages", "60", "--rounds", "2",
+    ]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    batch, stream = doc["batch"], doc["stream"]
+    assert batch["windows"] == 3000 - 5 * (W - 1) and len(batch["ratios"]) == 2
+    assert batch["ratio"] == pytest.approx(float(np.median(batch["ratios"])), abs=1e-3)
+    assert all(v > 0 for v in stream["windowed_cpu_us_per_row"] + stream["rowwise_cpu_us_per_row"])
+    assert stream["ratio"] == pytest.approx(float(np.median(stream["ratios"])), abs=1e-3)
