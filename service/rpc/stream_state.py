@@ -2,8 +2,8 @@
 
 A windowed model scores a row from the W rows of its series ending at it. On a stream, a request
 that names its series (``ScoreRequest.series``) continues that series: :class:`StreamWindows`
-holds one :class:`~service.windows.WindowBuilder` per model the stream used, each bounded to
-``max_series`` series, and frees everything when the stream ends (:meth:`close`). The servicer
+holds one :class:`~service.windows.WindowBuilder` per series (and model) the stream named, at most
+``max_series`` in all, and frees everything when the stream ends (:meth:`close`). The servicer
 creates one per stream; nothing is shared between streams, so no lock is needed.
 """
 
