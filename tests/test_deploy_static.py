@@ -62,6 +62,8 @@ AGREED_METRICS = {
     "aeguard_model_load_duration_seconds",
     "aeguard_model_reloads_total",
     "aeguard_auth_failures_total",
+    "aeguard_stream_errors_total",
+    "aeguard_stream_series",
     "aeguard_score_drift_psi",
     "aeguard_batch_rows_total",
     "aeguard_batch_anomalies_total",
