@@ -24,6 +24,7 @@ from service.errors import InvalidInputError
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2 as pb
 from service.rpc.server import ServerHandle, build_server
+from service.scorer import Scorer
 from service.windows import WindowBuilder
 
 W = 5
@@ -187,6 +188,32 @@ def test_streams_free_their_series_when_they_end(client, server, rows, stub):
             break
         threading.Event().wait(0.05)
     assert done.is_set()
+
+
+def test_a_model_reloaded_mid_stream_starts_its_series_again(client, server, rows, stub):
+    outgoing: queue.Queue = queue.Queue()
+    call = stub.ScoreStream(iter(outgoing.get, None))
+
+    def send(i: int) -> pb.ScoreResponse:
+        x = rows[i : i + 1]
+        outgoing.put(
+            pb.ScoreRequest(model="win", series="r", samples=pb.Matrix(rows=1, cols=3, raw=x.tobytes()))
+        )
+        return next(call)
+
+    served, reloaded = server.store.get("win"), False
+    try:
+        assert [send(i).results[0].warm_up for i in range(W)] == [True] * (W - 1) + [False]
+        server.store.swap("win", Scorer(served.scorer.session, served.metadata, "reloaded"))
+        reloaded = True
+        # the new file's windows start afresh: no row windowed for the old one is mixed in
+        assert [send(i).results[0].warm_up for i in range(W, 2 * W)] == [True] * (W - 1) + [False]
+        assert value(scrape(server.metrics_port), "aeguard_stream_series") == 1
+    finally:
+        call.cancel()
+        outgoing.put(None)
+        if reloaded:
+            server.store.swap("win", served)  # the other tests' model, as loaded from its file
 
 
 def test_a_single_feature_model_serves_windows(client, rows):
