@@ -54,7 +54,7 @@ def series_table(
     return pa.table(columns)
 
 
-def _graph(mean: np.ndarray, std: np.ndarray, size: int, d: int, coding: int):  # -> torch.nn.Module
+def _graph(mean: np.ndarray, std: np.ndarray, size: int, d: int, coding: int, hidden: int):  # -> nn.Module
     import torch
     from torch import nn
 
@@ -63,8 +63,8 @@ def _graph(mean: np.ndarray, std: np.ndarray, size: int, d: int, coding: int):  
             super().__init__()
             self.register_buffer("mean", torch.tensor(mean))
             self.register_buffer("std", torch.tensor(std))
-            self.encoder = nn.Sequential(nn.Linear(size * d, 16), nn.Tanh(), nn.Linear(16, coding))
-            self.decoder = nn.Sequential(nn.Linear(coding, 16), nn.Tanh(), nn.Linear(16, size * d))
+            self.encoder = nn.Sequential(nn.Linear(size * d, hidden), nn.Tanh(), nn.Linear(hidden, coding))
+            self.decoder = nn.Sequential(nn.Linear(coding, hidden), nn.Tanh(), nn.Linear(hidden, size * d))
 
         def forward(self, x: torch.Tensor):
             z = (x - self.mean) / self.std
@@ -123,6 +123,7 @@ def build_windowed_model(
     n_features: int = 3,
     size: int = 5,
     coding: int = 2,
+    hidden: int = 16,
     name: str = "win",
     steps: int = 150,
     seed: int = 0,
@@ -138,7 +139,8 @@ def build_windowed_model(
     spec = WindowSpec(size=size, step=1.0, max_gap=3.0)
     windows = WindowBuilder(spec, n_features).add(rows, series=np.repeat(np.arange(3), 200)).samples
     flat = rows.astype(np.float64)
-    graph = _graph(flat.mean(0).astype(np.float32), flat.std(0).astype(np.float32), size, n_features, coding)
+    mean, std = flat.mean(0).astype(np.float32), flat.std(0).astype(np.float32)
+    graph = _graph(mean, std, size, n_features, coding, hidden)
     _fit(graph, windows, steps, seed)
     model = _export(graph, size, n_features)
     export = check_parity(graph, model, windows[:64])  # type: ignore[arg-type]  # any 4-output module
@@ -157,7 +159,7 @@ def build_windowed_model(
         score_distribution=ScoreDistribution(probabilities, np.quantile(scores, probabilities).tolist()),
         architecture={
             "kind": "windowed_dense_autoencoder (test fixture)",
-            "layer_sizes": [size * n_features, 16, coding],
+            "layer_sizes": [size * n_features, hidden, coding],
             "activation": "tanh",
             "tied_weights": False,
             "denoise_sigma": 0.0,
