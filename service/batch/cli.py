@@ -120,6 +120,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an input without rows gives an empty output with the full schema (default: refused, "
         "as `aeguard train` and `evaluate` refuse it)",
     )
+    _add_window_arguments(parser)
+    parser.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
+    parser.add_argument(
+        "--pushgateway", metavar="URL", help="push job metrics to this Prometheus Pushgateway"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+
+def _add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags for windowed models' rows (docs/batch.md, "Windowed models")."""
     parser.add_argument(
         "--time-column",
         metavar="COL",
@@ -131,12 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="COL",
         help="windowed models: the column naming each row's series (default: the model's; '' = one series)",
     )
-    parser.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
-    parser.add_argument(
-        "--pushgateway", metavar="URL", help="push job metrics to this Prometheus Pushgateway"
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
