@@ -1,9 +1,9 @@
 """A small but real windowed model for the serving tests, until the windowed trainer lands.
 
 :func:`build_windowed_model` fits a tiny dense autoencoder over flattened windows ``[batch, W, d]``
-with torch (a few hundred Adam steps, about a second), exports it with the trainer's own exporter
-settings and parity check (:mod:`training.export`), and writes it with the artifact contract's
-``window`` section (docs: /work/wt/WINDOW-CONTRACT.md, service/artifact.py). Its outputs follow
+with torch (150 Adam steps, a few seconds), exports it with the trainer's own exporter and parity
+check (:mod:`training.export.onnx`), and writes it with the artifact contract's
+``window`` section (service/artifact.py). Its outputs follow
 the contract: ``score [b]`` = mean over features of ``feature_errors [b, d]`` (each feature's
 squared scaled residual averaged over the window), ``codes [b, k]``, ``reconstruction [b, d]`` of
 the window's last row in raw units. :func:`series_table` makes matching multi-series data.
@@ -11,8 +11,6 @@ the window's last row in raw units. :func:`series_table` makes matching multi-se
 
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,30 +91,6 @@ def _fit(graph, windows: np.ndarray, steps: int, seed: int) -> None:
     graph.eval()
 
 
-def _export(graph, size: int, d: int):  # -> onnx.ModelProto
-    import onnx
-    import torch
-
-    from service import artifact
-    from training.export import OPSET
-
-    names = [artifact.INPUT_NAME, *artifact.OUTPUT_NAMES]
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            graph,
-            (torch.zeros(2, size, d),),
-            buffer,
-            input_names=[artifact.INPUT_NAME],
-            output_names=list(artifact.OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in names},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return onnx.load_from_string(buffer.getvalue())
-
-
 def build_windowed_model(
     out: Path,
     *,
@@ -133,7 +107,7 @@ def build_windowed_model(
 
     from service.artifact import ModelMetadata, ScoreDistribution, Threshold
     from service.windows import WindowBuilder, WindowSpec
-    from training.export import check_parity, write_model
+    from training.export.onnx import check_parity, to_onnx, write_model
 
     rows = np.concatenate([series_values(200, n_features, phase=0.7 * s, seed=100 + s) for s in range(3)])
     spec = WindowSpec(size=size, step=1.0, max_gap=3.0)
@@ -142,7 +116,7 @@ def build_windowed_model(
     mean, std = flat.mean(0).astype(np.float32), flat.std(0).astype(np.float32)
     graph = _graph(mean, std, size, n_features, coding, hidden)
     _fit(graph, windows, steps, seed)
-    model = _export(graph, size, n_features)
+    model = to_onnx(graph, (size, n_features))  # the trainer's own exporter, windowed input
     export = check_parity(graph, model, windows[:64])  # type: ignore[arg-type]  # any 4-output module
     with torch.no_grad():
         scores = graph(torch.from_numpy(windows))[0].numpy().astype(np.float64)
