@@ -6,8 +6,11 @@ batch 256, from the benchmark's load generator (several channels per client proc
 ``--sample-s`` seconds the resident memory (VmRSS) and open file descriptors of every process of
 the server (supervisor, workers, helpers) are read from /proc. At the end it prints first, last and
 max per process, the change from first to last, and the error count, and writes a JSON record.
+Then one burst of large requests (:mod:`bench.burst`: 8 clients x 3 calls of the largest batch the
+server accepts): the workers' memory must come back within 20 % of its level before the burst.
 
-Exit status: 0 when no call failed and no server process ended during the run; 1 otherwise; 2 on
+Exit status: 0 when no call failed, no server process ended during the run and memory came back
+after the burst; 1 otherwise; 2 on
 bad arguments. Not run by CI (it takes minutes); its smoke test runs it for a few seconds.
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen, procs
+from bench.burst import BurstResult, format_burst, run_burst
 from bench.servers import ServerProcess, start_aeguard
 from service.config import ServerConfig
 from service.errors import AeguardError
@@ -171,6 +175,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             _sample(server, series, at - start_at)
         # One answer per client process, holding one result per spec of its job.
         results = pool.collect(len(jobs), timeout_s=2 * loadgen.CALL_TIMEOUT_S)
+        burst = run_burst(server.target, server.pid, n_features)
         server_alive = server.proc.poll() is None
     finally:
         pool.close()
@@ -194,6 +199,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         "errors": sum(k["errors"] for k in kinds.values()),
         "server_alive_at_end": server_alive,
         "calls": kinds,
+        "burst": burst.as_dict(),
         "processes_sampled": [s.summary() for s in series.values()],
     }
 
@@ -255,11 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     doc["created_at"] = stamp
     print()
     print(format_report(doc))
+    print(format_burst(BurstResult(**{k: v for k, v in doc["burst"].items() if k != "returned"})))
     path = args.out_dir / f"soak-{stamp}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nresults written to {path}")
     ended = any(p["gone_at_s"] is not None for p in doc["processes_sampled"])
-    return 1 if doc["errors"] or ended or not doc["server_alive_at_end"] else 0
+    failed = doc["errors"] or ended or not doc["server_alive_at_end"] or not doc["burst"]["returned"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

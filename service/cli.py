@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import select
+import signal
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -104,8 +105,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that run a server: SIGHUP means "reload" to them, never "exit".
+SERVING_COMMANDS = ("serve", "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if next((a for a in argv if a in COMMANDS), None) in SERVING_COMMANDS:
+        # Until the server installs its handlers (after its imports, ~0.3 s), a SIGHUP (a reload
+        # sent early by a script or a config-map watcher) would have killed it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)

@@ -46,12 +46,22 @@ class ServerConfig:
     max_features: int = 512
     """Widest model (features) the message-size limit is sized for."""
     max_message_bytes: int = 0
-    """gRPC message-size limit in bytes; 0 = sized to fit max_batch_rows x max_features float32 values."""
+    """gRPC message-size limit in bytes; 0 = room for max_batch_rows x max_features float32 values
+    plus 4 MiB (20 MiB with the defaults)."""
     processes: int = 0
     """Serving processes sharing the port (SO_REUSEPORT); 0 = the CPUs this process may use (cgroup
     quota respected); 1 = a single process. Each loads its own copy of the models."""
     max_concurrent_rpcs: int = 0
-    """RPCs accepted at once before new ones get RESOURCE_EXHAUSTED; 0 = no limit."""
+    """Unary RPCs handled at once per worker process before new ones get RESOURCE_EXHAUSTED (counted
+    in aeguard_rpc_refusals); health is never limited and streams have their own limit
+    (max_open_streams); 0 = no limit."""
+    max_open_streams: int = 0
+    """Streams (ScoreStream) open at once per worker process before new ones get RESOURCE_EXHAUSTED
+    (counted); kept apart from max_concurrent_rpcs so idle streams cannot refuse Score or health;
+    0 = no limit."""
+    max_inflight_bytes: int = 64 << 20
+    """Bytes of unary requests handled at once per worker process; a call that would pass it gets
+    RESOURCE_EXHAUSTED (counted) unless nothing else is in flight; 0 = no limit."""
     micro_batch_rows: int = 0
     """Score concurrent small requests to one model together, up to this many rows per call; 0 = off."""
     micro_batch_delay_ms: float = 0.0
@@ -111,6 +121,9 @@ class ServerConfig:
             raise InvalidInputError(f"reload_interval_s must be >= 0, got {self.reload_interval_s}")
         if self.processes < 0:
             raise InvalidInputError(f"processes must be >= 0 (0 = one per CPU), got {self.processes}")
+        for name in ("max_concurrent_rpcs", "max_open_streams", "max_inflight_bytes"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}")
         if self.micro_batch_rows < 0:
             raise InvalidInputError(f"micro_batch_rows must be >= 0, got {self.micro_batch_rows}")
         if not 0 <= self.micro_batch_delay_ms <= 100:
@@ -124,12 +137,15 @@ class ServerConfig:
     def message_limit_bytes(self) -> int:
         """The gRPC send/receive limit: the configured one, or room for the largest allowed batch.
 
-        A full batch of float32 values is ``rows * features * 4`` bytes; the factor 4 leaves room
-        for responses carrying per-feature errors and for the named (map) form of smaller batches.
+        A full batch of float32 values is ``rows * features * 4`` bytes (16 MiB with the defaults);
+        4 MiB more leave room for a full batch's per-feature errors in a response. The named (map)
+        form of a full-width, full batch does not fit: it is for small batches. It used to be four
+        times as much (68 MiB), sized for the map form: on a 2-core pod a handful of such calls at
+        once took a worker past 1 GB.
         """
         if self.max_message_bytes > 0:
             return self.max_message_bytes
-        return max(4 << 20, self.max_batch_rows * self.max_features * 4 * 4 + (1 << 20))
+        return max(4 << 20, self.max_batch_rows * self.max_features * 4 + (4 << 20))
 
     @property
     def metrics_address(self) -> str:

@@ -15,8 +15,17 @@ MAX_LISTED_NAMES = 5
 
 
 def truncate(text: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """A client-supplied string cut to ``limit`` characters (with a marker) before it is echoed."""
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    """A client-supplied string cut to ``limit`` characters (with a marker) before it is echoed.
+
+    Control characters (NUL, CR, LF, escape sequences) are shown escaped (``\\x00``, ``\\r``), so an
+    echoed name can neither split a log line nor hide what it held.
+    """
+    cut = text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return cut if cut.isprintable() else "".join(c if c.isprintable() else _escape(c) for c in cut)
+
+
+def _escape(c: str) -> str:
+    return repr(c)[1:-1]
 
 
 def list_some(names: list[str], limit: int = MAX_LISTED_NAMES) -> str:

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 #: After a SIGHUP, the second look comes this much later (a file must hold still across both).
 SETTLE_S = 0.3
+#: A model file that cannot be loaded, and whose size changed in place (same inode) less than this
+#: long ago or three reload intervals, whichever is longer, is "not settled yet": a slow copy that
+#: stalled between two looks. It is neither counted as failed nor refused, and is tried again at the
+#: next look. A file renamed into place (a new inode) is complete: its failure counts at once.
+UNSETTLED_S = 2.0
 
 
 def model_files(path: Path) -> dict[Path, FileState]:
@@ -88,6 +93,7 @@ class Reloader:
         self._served: dict[Path, tuple[FileState, str]] = {}
         self._refused: dict[Path, FileState] = {}
         self._kept: set[Path] = set()  # removed files whose model is kept (it was the last one)
+        self._written: dict[Path, float] = {}  # when each file last changed size in place
         for model in store.models():
             if model.file_state is not None:  # as it was when read: a change since then is seen
                 self._served[Path(model.source)] = (model.file_state, model.name)
@@ -138,6 +144,10 @@ class Reloader:
         """One look: apply what has held still since the previous look and differs from what is applied."""
         now = self._look()
         before, self._last = self._last, now
+        for f, state in now.models.items():
+            prior = before.models.get(f)
+            if prior is not None and prior.inode == state.inode and prior.size != state.size:
+                self._written[f] = time.monotonic()
         self._check_models(before.models, now.models)
         for group, was, is_ in zip(self.groups, before.groups, now.groups, strict=True):
             if is_ == was and is_ != group.applied and is_ != group.refused:
@@ -193,15 +203,31 @@ class Reloader:
     def _load(self, f: Path, state: FileState, pending: list[LoadedModel]) -> LoadedModel | None:
         try:
             model = self.store.load_file(f)
+        except ModelLoadError as exc:
+            since = time.monotonic() - self._written.get(f, -float("inf"))
+            if since < max(UNSETTLED_S, 3 * self.interval_s):
+                log.info(
+                    "model file not settled yet: still being written in place %.1f s ago; looking again",
+                    since,
+                    extra={"source": str(f), "error": exc.message},
+                )
+                return None
+            self._refuse(f, state, exc)
+            return None
+        try:
             self._check_replacement(f, model, pending)
         except ModelLoadError as exc:
-            self._refused[f] = state
-            log.error(
-                "model file refused; the served model stays", extra={"source": str(f), "error": exc.message}
-            )
-            self._on_model_reload("failed")
+            self._refuse(f, state, exc)
             return None
         return model
+
+    def _refuse(self, f: Path, state: FileState, exc: ModelLoadError) -> None:
+        """Count and log a refused file; it is not tried again until it changes."""
+        self._refused[f] = state
+        log.error(
+            "model file refused; the served model stays", extra={"source": str(f), "error": exc.message}
+        )
+        self._on_model_reload("failed")
 
     def _check_replacement(self, f: Path, model: LoadedModel, pending: list[LoadedModel]) -> None:
         owners = {name: src for src, (_, name) in self._served.items() if src != f}

@@ -111,6 +111,21 @@ def _check_input_shape(shape: list, metadata: ModelMetadata, source: str) -> Non
         )
 
 
+#: The largest score reported: raw values far outside the training range (about 1e19 and beyond,
+#: where a squared scaled residual leaves float32) would otherwise score inf or NaN. Such rows get
+#: this score instead: above every threshold, still finite, so metric sums stay finite too.
+SCORE_CEILING = float(np.finfo(np.float32).max)
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """``values`` with inf and NaN (an overflow inside the graph) replaced by :data:`SCORE_CEILING`.
+
+    Costs one ``isfinite`` pass when every value is finite (the usual case)."""
+    if np.isfinite(values).all():
+        return values
+    return np.nan_to_num(values, nan=SCORE_CEILING, posinf=SCORE_CEILING, neginf=SCORE_CEILING)
+
+
 class Scorer:
     """One loaded model: an onnxruntime session plus its metadata.
 
@@ -208,18 +223,20 @@ class Scorer:
 
     def classify(self, score: np.ndarray, feature_errors: np.ndarray | None = None) -> ScoreBatch:
         """Turn raw scores into normalised scores, severities and anomaly flags."""
-        score = np.asarray(score, dtype=np.float32)
+        score = finite(np.asarray(score, dtype=np.float32))
         # Severity level = how many thresholds the score is not below (NaN: all of them, as
         # np.searchsorted(side="right") would say). Not searchsorted itself: it releases the GIL on
         # every call, and under concurrent batch-1 requests each release is a thread hand-off that
         # costs more than the search (README "Benchmarks").
         level = (~(score[:, None] < self._thresholds)).sum(axis=1)
+        with np.errstate(over="ignore"):  # a ceiling score over a threshold below 1 overflows: clipped
+            normalized = finite(score / np.float32(self._primary))
         return ScoreBatch(
             score=score,
-            normalized_score=score / np.float32(self._primary),
+            normalized_score=normalized,
             severity_level=level,
             is_anomaly=level > 0,
-            feature_errors=feature_errors,
+            feature_errors=None if feature_errors is None else finite(feature_errors),
         )
 
     def encode(self, x: np.ndarray) -> np.ndarray:

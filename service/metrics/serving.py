@@ -58,6 +58,8 @@ REFERENCE_SERIES = "aeguard_score_reference_share"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: A retired model version's last-value gauges are set to this: the scrape drops such samples.
 RETIRED = -math.inf
+#: ``reason`` values of ``aeguard_rpc_refusals`` (the limits of :mod:`service.rpc.limits`).
+REFUSAL_REASONS = ("concurrent_rpcs", "open_streams", "inflight_bytes", "message_size")
 
 
 def observe_many(child: Any, bounds: list[float], values: np.ndarray) -> None:
@@ -171,6 +173,15 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.rpc_refusals = Counter(
+            "aeguard_rpc_refusals",
+            "Calls refused with RESOURCE_EXHAUSTED by a limit (reason: concurrent_rpcs, open_streams, "
+            "inflight_bytes, message_size); also counted in aeguard_rpc_requests under their method.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REFUSAL_REASONS:  # exposed at 0 from the start
+            self.rpc_refusals.labels(reason)
 
     def _define_score_series(self, registry: CollectorRegistry) -> None:
         mv = MODEL_LABELS

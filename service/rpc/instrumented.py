@@ -2,7 +2,13 @@
 
 :class:`InstrumentedServer` wraps each method handler when it is registered. The wrapper
 
-- admits the call (:mod:`service.rpc.admission`: draining, bearer token);
+- admits the call (:mod:`service.rpc.admission`: draining, the limits; the bearer token is checked
+  before, by :meth:`InstrumentedServer.auth_interceptor`);
+- takes a unary method's request as a client stream (the same on the wire) and reads it itself
+  after admission: refusals cost no body, and a call whose body never arrives (expired while it
+  waited in grpc's queue, or larger than the message limit) is still seen and counted;
+- answers a unary call ready with less than :data:`DEADLINE_MARGIN_S` left with DEADLINE_EXCEEDED,
+  so that the client's count and ours agree;
 - decodes requests leniently (:mod:`service.rpc.decoding`);
 - maps errors to a status code (:mod:`service.rpc.status`);
 - counts every outcome, CANCELLED and DEADLINE_EXCEEDED included, and times every call (per message
@@ -26,11 +32,27 @@ from grpc.aio import AbortError
 from service.auth import TokenFile
 from service.logs import RateLimitedLog
 from service.metrics import Metrics, RpcSeries
-from service.rpc.admission import OPEN_PREFIX, Admission, ServerCalls
+from service.rpc.admission import (
+    OPEN_PREFIX,
+    UNKNOWN_METHOD,
+    Admission,
+    AuthInterceptor,
+    ServerCalls,
+    TokenCheck,
+    unknown_method_handler,
+)
 from service.rpc.decoding import Undecodable, check_decoded, lenient, request_type_name
+from service.rpc.limits import Limits
 from service.rpc.status import abort, outcome
 
 log = logging.getLogger(__name__)
+
+#: A unary answer ready with less time than this left before the deadline is not sent: the call
+#: ends DEADLINE_EXCEEDED instead. Otherwise which one the client saw was a race between the answer
+#: and its own deadline timer, which no server can count: counting by the time left at the end,
+#: 3 of 37 calls were counted DEADLINE_EXCEEDED that the client got OK; counting what was sent, 22
+#: of 85 the other way round.
+DEADLINE_MARGIN_S = 0.002
 
 
 class InstrumentedServer:
@@ -41,21 +63,50 @@ class InstrumentedServer:
     server interceptor keeps the per-call work to one function call.
     """
 
-    def __init__(self, server: grpc.aio.Server, metrics: Metrics, auth: TokenFile | None = None) -> None:
-        self._server = server
+    def __init__(self, metrics: Metrics, auth: TokenFile | None = None, limits: Limits | None = None) -> None:
+        #: The server services are added to; set before any is (the server is built after
+        #: :meth:`auth_interceptor`, which it needs).
+        self.server: grpc.aio.Server | None = None
         self._metrics = metrics
         self._auth = auth
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._series: dict[str, RpcSeries] = {}
         self.client_errors = RateLimitedLog(log)
         self.calls = ServerCalls()
+        self.limits = limits or Limits(0, 0, 0, metrics.rpc_refusals)
+
+    def _grpc(self) -> grpc.aio.Server:
+        if self.server is None:
+            raise RuntimeError("InstrumentedServer.server must be set before services are added")
+        return self.server
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self) for h in handlers))
+        self._grpc().add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self) for h in handlers))
+
+    def add_unknown_method_handler(self) -> None:
+        """Answer methods nobody registered with UNIMPLEMENTED, counted (call after every service)."""
+        self._grpc().add_generic_rpc_handlers((unknown_method_handler(self.refused),))
+
+    def auth_interceptor(self) -> AuthInterceptor | None:
+        """The token check to run before grpc reads a call's body (None when tokens are off)."""
+        if self._auth is None:
+            return None
+        return AuthInterceptor(
+            TokenCheck(self._auth, self._metrics.auth_failures, self.client_errors), self.refused
+        )
+
+    def refused(self, full_method: str, code: str) -> None:
+        """Count a call answered before any handler ran (the method label bounded to known ones)."""
+        name = full_method.rsplit("/", 1)[-1] if full_method in self._wrapped else UNKNOWN_METHOD
+        series = self._series.get(name)
+        if series is None:
+            series = self._series[name] = self._metrics.rpc(name)
+        series.finished(code)
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self._server.add_registered_method_handlers(
+        self._grpc().add_registered_method_handlers(
             service, {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
         )
 
@@ -64,9 +115,7 @@ class InstrumentedServer:
         wrapped = self._wrapped.get(full_method)
         if wrapped is None:
             is_open = full_method.startswith(OPEN_PREFIX)
-            admission = Admission(
-                self.calls, self._auth, is_open, self._metrics.auth_failures, self.client_errors
-            )
+            admission = Admission(self.calls, self.limits, is_open)
             wrapped = self._wrapped[full_method] = _wrap(
                 self._metrics.rpc(full_method.rsplit("/", 1)[-1]), handler, self.client_errors, admission
             )
@@ -89,6 +138,13 @@ def _wrap(
     handler = handler._replace(
         request_deserializer=lenient(handler.request_deserializer, request_type_name(handler))
     )
+    if handler.unary_unary and not admission.is_open:
+        # Taken as a client stream (the same on the wire), so it runs before grpc reads the body.
+        return handler._replace(
+            request_streaming=True,
+            unary_unary=None,
+            stream_unary=_unary(handler.unary_unary, series, client_errors, admission, read_body=True),
+        )
     if handler.unary_unary:
         return handler._replace(unary_unary=_unary(handler.unary_unary, series, client_errors, admission))
     if handler.unary_stream:
@@ -107,29 +163,54 @@ def _wrap(
 
 
 def _unary(
-    behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, admission: Admission
+    behavior: Callable[..., Any],
+    series: RpcSeries,
+    client_errors: RateLimitedLog,
+    admission: Admission,
+    stream_in: bool = False,
+    read_body: bool = False,
 ) -> Any:
+    """A unary-response handler; with ``read_body`` it gets the call's requests as a stream and reads
+    the one request itself, after admission. ``stream_in``: counted against the streams limit."""
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
-    calls = admission.calls
+    calls, limits, limited = admission.calls, admission.limits, not admission.is_open
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = calls.last_start = perf_counter()
         in_flight.inc()
         calls.active += 1
-        cancelled = False
+        cancelled = entered = False
+        held = 0
         try:
             admission.check(context)
+            if limited:
+                limits.enter(stream_in)
+                entered = True
+            if read_body:
+                request = await _read_one(context, limits)
+            held = admission.request_bytes(request)
             check_decoded(request, series.method, client_errors)
-            return await behavior(request, context)
+            response = await behavior(request, context)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining < DEADLINE_MARGIN_S:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while handled")
+            return response
         except AbortError:
             raise
         except BaseException as exc:
             if not isinstance(exc, Exception):  # asyncio.CancelledError: the client went away
                 cancelled = True
                 raise
+            if context.code() is not None:
+                # Our own abort could not be sent (the client is gone): grpc's transport error,
+                # logged rate-limited by service.logs; the call is counted with the code it was given.
+                raise
             await abort(context, exc, series.method)
         finally:
+            if entered:
+                limits.leave(stream_in)
+            limits.give_bytes(held)
             calls.active -= 1
             in_flight.dec()
             duration.observe(perf_counter() - start)
@@ -138,10 +219,26 @@ def _unary(
     return handle
 
 
+async def _read_one(context: grpc.aio.ServicerContext, limits: Limits) -> Any:
+    """The call's one request; end the call with the status the client got when none arrived."""
+    request = await context.read()
+    if request is not grpc.aio.EOF:
+        return request
+    if context.time_remaining() == 0:
+        # Expired before its body was read (it waited behind a busy loop): the client has its
+        # DEADLINE_EXCEEDED already; this makes the count say so.
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the request was read"
+        )
+    # grpc dropped the body: larger than the message limit (the client got RESOURCE_EXHAUSTED from
+    # grpc itself), or the client sent none.
+    raise limits.refuse_size()
+
+
 def _client_streaming(
     behavior: Callable[..., Any], series: RpcSeries, client_errors: RateLimitedLog, admission: Admission
 ) -> Any:
-    unary = _unary(behavior, series, client_errors, admission)
+    unary = _unary(behavior, series, client_errors, admission, stream_in=True)
 
     async def handle(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         return await unary(_checked(request_iterator, series, client_errors), context)
@@ -171,19 +268,22 @@ def _streaming(
     """
     if not inspect.isasyncgenfunction(behavior):
         # A coroutine that answers with context.write (grpc's aio health Watch): timed as a whole.
-        return _unary(behavior, series, client_errors, admission)
+        return _unary(behavior, series, client_errors, admission, stream_in=True)
     in_flight, duration = series.in_flight, series.duration
     perf_counter = time.perf_counter
-    calls = admission.calls
+    calls, limits, limited = admission.calls, admission.limits, not admission.is_open
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started: collections.deque[float] = collections.deque()
         calls.last_start = perf_counter()
         in_flight.inc()
         calls.active += 1
-        cancelled = False
+        cancelled = entered = False
         try:
             admission.check(context)
+            if limited:
+                limits.enter(True)
+                entered = True
             if stream_in:
                 request = _timed(request, started, series, client_errors)
             else:
@@ -203,6 +303,8 @@ def _streaming(
                 raise
             await abort(context, exc, series.method)
         finally:
+            if entered:
+                limits.leave(True)
             calls.active -= 1
             in_flight.dec()
             series.finished(outcome(context, cancelled))

@@ -18,6 +18,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prometheus_client import disable_created_metrics
+
 from service import config as config_module
 from service.config import ServerConfig
 from service.errors import ModelLoadError
@@ -72,6 +74,9 @@ def serve(config: ServerConfig, on_ready: Callable[[Serving], None] | None = Non
             "no model to serve: pass --model PATH (a .onnx file or a directory) or set AEGUARD_MODEL"
         )
     processes = config.processes or available_cpus()
+    # Multi-process exposition has no `*_created` series; one process must not have them either,
+    # so /metrics reads the same whatever --processes says.
+    disable_created_metrics()
     if processes == 1:
         return _serve_one_process(config, on_ready)
     return _serve_processes(config, processes, on_ready)

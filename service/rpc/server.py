@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -31,10 +30,12 @@ from prometheus_client import CollectorRegistry
 from service.auth import TokenFile
 from service.config import ServerConfig
 from service.errors import NotReadyError
+from service.logs import quiet_transport_errors
 from service.metrics import Metrics, ScrapeView, scrape_registry, serve_http
 from service.model_store import ModelStore
 from service.rpc.api import aeguard_pb2_grpc as pb_grpc
 from service.rpc.instrumented import InstrumentedServer
+from service.rpc.limits import Limits
 from service.rpc.servicer import SERVICE_NAME, AnomalyDetectorServicer
 from service.rpc.tls import TlsFiles
 
@@ -121,6 +122,8 @@ class ServerHandle:
                 await self._refresh()
                 if publish_drift:
                     self.metrics.publish_drift()
+                if self.instrumented is not None and self.instrumented.limits.release_memory():
+                    log.debug("freed memory handed back after a burst of large requests")
             except Exception:  # health and drift must outlive any surprise; the next turn tries again
                 log.exception("housekeeping failed")
 
@@ -157,22 +160,48 @@ class ServerHandle:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         await self.health.enter_graceful_shutdown()
-        # Refuse new calls ourselves (UNAVAILABLE, counted) while the ones in flight finish and until
-        # no call has come in for DRAIN_QUIET_S, and only then shut grpc down: grpcio cancels calls
-        # that reached it but no handler yet, so shutting down at once turned the calls that
-        # arrived around SIGTERM into CANCELLED.
+        # grpcio cancels calls that reached it but no handler yet, so shutting down at once turned
+        # the calls that arrived around SIGTERM into CANCELLED. First the calls waiting behind a
+        # busy loop are answered as usual, until the loop has caught up (a poll comes back on
+        # time); then new calls are refused (UNAVAILABLE, counted) while the ones in flight finish
+        # and until no call has come in for DRAIN_QUIET_S of free loop time; only then is grpc
+        # shut down.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (grace_s or 0)
         if self.instrumented is not None:
-            calls = self.instrumented.calls
-            calls.draining = True
-            while loop.time() < deadline and (
-                calls.active > self._open_streams() or time.perf_counter() - calls.last_start < DRAIN_QUIET_S
-            ):
-                await asyncio.sleep(DRAIN_POLL_S)
+            await self._until_caught_up(loop, deadline)
+            self.instrumented.calls.draining = True
+            await self._until_quiet(loop, deadline)
         remaining = max(DRAIN_POLL_S, deadline - loop.time())
         stops = [s.stop(remaining) for s in (self.server, self.health_server) if s is not None]
         await asyncio.gather(*stops)
+
+    async def _until_caught_up(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        while loop.time() < deadline:
+            before = loop.time()
+            await asyncio.sleep(DRAIN_POLL_S)
+            if loop.time() - before <= 2 * DRAIN_POLL_S:
+                return
+
+    async def _until_quiet(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Wait until no call runs and none has come in for DRAIN_QUIET_S of *free* loop time.
+
+        Quiet is only counted over polls that came back on time: while a large request holds the
+        loop, calls pile up inside grpc where no handler sees them, so a long gap between two
+        calls' starts said nothing.
+        """
+        assert self.instrumented is not None
+        calls = self.instrumented.calls
+        quiet, seen_start = 0.0, calls.last_start
+        while loop.time() < deadline and quiet < DRAIN_QUIET_S:
+            before = loop.time()
+            await asyncio.sleep(DRAIN_POLL_S)
+            took = loop.time() - before
+            busy = calls.active > self._open_streams() or calls.last_start != seen_start
+            if busy or took > 2 * DRAIN_POLL_S:
+                quiet, seen_start = 0.0, calls.last_start
+            else:
+                quiet += took
 
     def _open_streams(self) -> int:
         """Health Watch streams never end by themselves: they must not hold the drain up."""
@@ -220,6 +249,7 @@ def build_server(
         store.add_listener(metrics)
         for model in store.models():
             metrics.model_loaded(model)
+    quiet_transport_errors()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="aeguard-loop", daemon=True)
     thread.start()
@@ -278,6 +308,18 @@ def _bind(server: grpc.aio.Server, host: str, port: int, credentials: grpc.Serve
 async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) -> None:
     config = handle.config
     limit = config.message_limit_bytes
+    limits = Limits(
+        config.max_concurrent_rpcs,
+        config.max_open_streams,
+        config.max_inflight_bytes,
+        handle.metrics.rpc_refusals,
+        limit,
+    )
+    # Error mapping, limits and metrics on every method; tokens checked before the body is read.
+    instrumented = handle.instrumented = InstrumentedServer(handle.metrics, handle.auth, limits)
+    auth_check = instrumented.auth_interceptor()
+    # No maximum_concurrent_rpcs: grpc's own limit counts health and idle streams alike and refuses
+    # where nothing counts it; Limits does it per kind, counted.
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", limit),
@@ -286,10 +328,9 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
             # accident (tests bind many on port 0).
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
+        interceptors=[auth_check] if auth_check is not None else None,
     )
-    # Error mapping, token checks and metrics on every method.
-    instrumented = handle.instrumented = InstrumentedServer(server, handle.metrics, handle.auth)
+    instrumented.server = server
     pb_grpc.add_AnomalyDetectorServicer_to_server(
         AnomalyDetectorServicer(
             handle.store,
@@ -306,6 +347,7 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
         reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
         instrumented,
     )
+    instrumented.add_unknown_method_handler()
     host = f"[{config.host}]" if ":" in config.host else config.host
     credentials = handle.tls.credentials() if handle.tls is not None else None
     handle.server, handle.port = server, _bind(server, host, config.port, credentials)

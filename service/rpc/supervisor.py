@@ -202,7 +202,7 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         process = self._ctx.Process(
             target=run_worker,
-            args=(self.config, index, self.processes, self._events, self._all_ready),
+            args=(self.config, index, self.processes, self._events, self._all_ready, os.getpid()),
             name=f"aeguard-worker-{index}",
             daemon=False,
         )
@@ -219,7 +219,9 @@ class Supervisor:
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._reload.clear()
-                self._signal_workers(signal.SIGHUP)
+                # Not to a worker still starting: until its handlers are installed, SIGHUP kills it
+                # (it reads the current files as it loads anyway).
+                self._signal_workers(signal.SIGHUP, ready_only=True)
             self._handle_events(timeout_s=0.2, starting=False)
             now = time.monotonic()
             for index, w in list(self._workers.items()):
@@ -308,8 +310,10 @@ class Supervisor:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         log.info("stopped", extra={"processes": self.processes})
 
-    def _signal_workers(self, signum: int) -> None:
+    def _signal_workers(self, signum: int, ready_only: bool = False) -> None:
         for w in self._workers.values():
+            if ready_only and not w.ready:
+                continue
             if w.process.is_alive() and w.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.process.pid, signum)

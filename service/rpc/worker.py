@@ -9,8 +9,10 @@ supervisor scrapes.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -22,11 +24,35 @@ from service.rpc.server import build_server
 
 log = logging.getLogger(__name__)
 
+#: ``<linux/prctl.h>``: deliver a signal to this process when its parent thread dies.
+PR_SET_PDEATHSIG = 1
 
-def run_worker(config: ServerConfig, index: int, processes: int, events: Any, all_ready: Any) -> None:
+
+def die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM (a drain) when the supervisor dies, however it died (kill -9, the OOM killer).
+
+    Linux ``prctl(PR_SET_PDEATHSIG)`` through libc; the parent may be gone before the call, so its
+    pid is checked afterwards. Elsewhere a no-op: the supervisor's own stop still drains us. The
+    signal follows the *thread* that started us: the supervisor spawns from its main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to be stopped with the supervisor", extra={"errno": ctypes.get_errno()})
+    if os.getppid() != parent_pid:
+        log.error("supervisor gone before start-up; exiting", extra={"parent_pid": parent_pid})
+        os._exit(1)
+
+
+def run_worker(
+    config: ServerConfig, index: int, processes: int, events: Any, all_ready: Any, parent_pid: int = 0
+) -> None:
     """The worker's whole life; ends the process (exit 0 after a drain, 2 if its models are refused)."""
     configure_logging(worker=index)
     signals = Signals()
+    if parent_pid:
+        die_with_parent(parent_pid)
     store, metrics = make_store(config, processes)
     try:
         store.load_path(config.model, config.default_model)
