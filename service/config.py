@@ -73,7 +73,8 @@ class ServerConfig:
     inter_op_threads: int = 1
     """onnxruntime threads across operators (per model session)."""
     grace_s: float = 10.0
-    """On SIGTERM/SIGINT, how long in-flight RPCs may take to finish before they are cancelled."""
+    """On SIGTERM/SIGINT, calls already received are answered and new ones get UNAVAILABLE; the
+    server exits once the last is answered, and cancels what still runs after this many seconds."""
     reload_interval_s: float = 10.0
     """How often the model path (and the TLS and token files) is looked at for changes; 0 = only on
     SIGHUP. A changed file is swapped in once it holds still across two looks and loads cleanly."""

@@ -64,6 +64,7 @@ AGREED_METRICS = {
     "aeguard_auth_failures_total",
     "aeguard_stream_errors_total",
     "aeguard_stream_series",
+    "aeguard_rpc_refusals_total",
     "aeguard_score_drift_psi",
     "aeguard_batch_rows_total",
     "aeguard_batch_anomalies_total",
