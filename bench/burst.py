@@ -60,15 +60,17 @@ def run_burst(
     rounds: int = 3,
     settle_s: float = 20.0,
     sample_s: float = 0.5,
+    rows: int = 0,
 ) -> BurstResult:
-    """Send the burst and watch the workers' memory come back (or not)."""
+    """Send the burst and watch the workers' memory come back (or not); ``rows`` per request
+    (default: the largest batch the default settings accept)."""
     config = ServerConfig.from_sources({})
-    rows = config.max_batch_rows
+    rows = rows or config.max_batch_rows
     x = np.random.default_rng(0).normal(size=(rows, n_features)).astype(np.float32)
     request = pb.ScoreRequest(
-        samples=pb.Matrix(rows=rows, cols=n_features, raw=x.tobytes()), feature_errors=True
+        samples=pb.Matrix(rows=rows, cols=n_features, raw=x.tobytes()), feature_errors=False
     )
-    limit = config.message_limit_bytes
+    limit = max(config.message_limit_bytes, 2 * request.ByteSize())
     options = [
         ("grpc.enable_http_proxy", 0),
         ("grpc.max_send_message_length", limit),

@@ -126,6 +126,15 @@ def finite(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(values, nan=SCORE_CEILING, posinf=SCORE_CEILING, neginf=SCORE_CEILING)
 
 
+#: A batch of at least this many input values (1 MiB of float32) asks onnxruntime to shrink its
+#: CPU memory arena at the end of the call. The arena otherwise keeps what the largest batch grew
+#: it to for the life of the process: one 524,288-row batch of the test model left 300 MiB held
+#: (79 MiB at rest, 387 after); with the shrink, 80. Small batches skip it (the hot path).
+SHRINK_VALUES = 1 << 18
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
 class Scorer:
     """One loaded model: an onnxruntime session plus its metadata.
 
@@ -218,7 +227,7 @@ class Scorer:
         names = [artifact.OUTPUT_SCORE]
         if with_feature_errors:
             names.append(artifact.OUTPUT_FEATURE_ERRORS)
-        out = self.session.run(names, {artifact.INPUT_NAME: x})
+        out = self._run(names, x)
         return self.classify(out[0], out[1] if with_feature_errors else None)
 
     def classify(self, score: np.ndarray, feature_errors: np.ndarray | None = None) -> ScoreBatch:
@@ -239,15 +248,20 @@ class Scorer:
             feature_errors=None if feature_errors is None else finite(feature_errors),
         )
 
+    def _run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+        """One onnxruntime call; a large batch gives back the arena memory it grew (see SHRINK_VALUES)."""
+        options = _SHRINK if x.size >= SHRINK_VALUES else None
+        return self.session.run(names, {artifact.INPUT_NAME: x}, options)
+
     def encode(self, x: np.ndarray) -> np.ndarray:
         """The encoder's codings ``[n, coding_size]`` for rows of raw feature values."""
         x = check_rows(x, self.metadata)
-        return self.session.run([artifact.OUTPUT_CODES], {artifact.INPUT_NAME: x})[0]
+        return self._run([artifact.OUTPUT_CODES], x)[0]
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """The reconstruction in raw units ``[n, d]``."""
         x = check_rows(x, self.metadata)
-        return self.session.run([artifact.OUTPUT_RECONSTRUCTION], {artifact.INPUT_NAME: x})[0]
+        return self._run([artifact.OUTPUT_RECONSTRUCTION], x)[0]
 
 
 def top_features(
