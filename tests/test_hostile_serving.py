@@ -196,6 +196,20 @@ def test_refusals_made_before_any_handler_are_counted_as_the_client_saw_them(
                 code = code_of(stub.Score, raw_request(tiny_dataset.X[:1]), timeout=10)
                 assert code == "UNAUTHENTICATED"
                 note("Score " + code)
+            # Refused on the metadata alone, before the body: this request never sends one.
+            hold = threading.Event()
+
+            def no_body():
+                hold.wait(60)
+                return
+                yield
+
+            try:
+                code = code_of(ch.stream_unary("/aeguard.v1.AnomalyDetector/Score"), no_body(), timeout=30)
+            finally:
+                hold.set()
+            assert code == "UNAUTHENTICATED"
+            note("Score " + code)
             big = raw_request(np.zeros((40_000, 8), dtype=np.float32))  # 1.28 MB > the 1 MiB limit
             for _ in range(3):
                 code = code_of(stub.Score, big, timeout=10, metadata=good)
@@ -505,3 +519,37 @@ def test_zz_no_traceback_in_the_shared_server_log(served):
     for e in tracebacks[:2]:
         print(e["message"], e["traceback"][-1500:])
     assert not tracebacks
+
+
+def test_grpc_transport_error_records_become_one_warning_without_traceback():
+    """The records grpcio logs for a client's transport failure, through the real logger and filter."""
+    import logging
+
+    from service.logs import GRPC_AIO_LOGGER, TransportErrorFilter, quiet_transport_errors
+
+    quiet_transport_errors()
+    assert any(isinstance(f, TransportErrorFilter) for f in logging.getLogger(GRPC_AIO_LOGGER).filters)
+    # A fresh filter on a logger of its own: the installed one's 10 s window is shared process-wide.
+    logger = logging.getLogger(GRPC_AIO_LOGGER + ".under_test")
+    logger.addFilter(TransportErrorFilter())
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        for _ in range(5):
+            try:
+                raise RuntimeError("Failed execute_batch")
+            except RuntimeError:
+                logger.exception("ExecuteBatchError raised in core by servicer method [/aeguard.v1.X/Y]")
+        logger.error("something else entirely")
+    finally:
+        logger.removeHandler(keep)
+    transport = [r for r in seen if getattr(r, "kind", "") == "transport"]
+    assert len(transport) == 1
+    assert transport[0].exc_info is None and transport[0].levelno == logging.WARNING
+    assert [r.getMessage() for r in seen if r not in transport] == ["something else entirely"]

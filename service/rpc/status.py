@@ -62,7 +62,9 @@ def outcome(context: grpc.aio.ServicerContext, cancelled: bool) -> str:
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     code = context.code()
     if code is None:
-        # Answered: a unary answer too late to reach the client in time was turned into
-        # DEADLINE_EXCEEDED by the handler (service.rpc.instrumented), so the client and this agree.
-        return "OK"
+        remaining = context.time_remaining()
+        # Finished, but after the client's deadline: the client got DEADLINE_EXCEEDED, not our answer
+        # (a stream whose requests stopped at the deadline). A unary answer with under 2 ms left was
+        # already made DEADLINE_EXCEEDED by its handler (service.rpc.instrumented).
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "OK"
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
