@@ -48,6 +48,9 @@ def test_soak_samples_every_server_process_and_counts_no_errors(
         "ScoreStream batch 256",
     }
     assert all(k["requests"] > 0 for k in doc["calls"].values())
+    burst = doc["burst"]  # then a burst of the largest batches; memory back within 20 % (exit 0)
+    assert burst["calls"] == 24 and not burst["errors"] and burst["returned"]
+    assert "burst: 24 Score calls" in proc.stdout
 
 
 def test_soak_exits_non_zero_when_calls_fail(tiny_model_path: Path, tmp_path: Path) -> None:
