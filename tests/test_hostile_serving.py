@@ -285,14 +285,16 @@ def test_deadlines_count_as_the_client_saw_them_while_the_loop_is_busy(served, t
         }
 
     def agree() -> bool:
-        # Every answer the client got is counted as such; a deadline can also pass in the client
-        # before the call is sent (2 ms under load), and no server counts a call it never got: a
-        # few of those, never more counted than the client saw.
+        # What the server cannot see, under load: a deadline that passes in the client before the
+        # call is sent (never counted), or while an answer sent with 2 ms left is on its way (OK
+        # here, DEADLINE_EXCEEDED there). A few of those (2 %), and never a client's OK counted as
+        # a deadline; before the fix, 6 of 316 deadlines were counted.
         f = figures()
         ok, deadline = f.get("OK", (0, 0.0)), f.get("DEADLINE_EXCEEDED", (0, 0.0))
         others = {k: v for k, v in f.items() if k not in ("OK", "DEADLINE_EXCEEDED")}
-        close = deadline[1] <= deadline[0] <= deadline[1] + max(2, deadline[0] // 50)
-        return ok[0] == ok[1] and close and all(n == c for n, c in others.values())
+        slack = max(2, (ok[0] + deadline[0]) // 50)
+        close = deadline[1] <= deadline[0] <= deadline[1] + slack and ok[0] <= ok[1] <= ok[0] + slack
+        return close and all(n == c for n, c in others.values())
 
     try:  # calls still queued in a worker are answered (and counted) a little later
         wait_until(agree, timeout_s=60, what="the client's and /metrics' counts to agree")
