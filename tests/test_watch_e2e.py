@@ -13,6 +13,7 @@ time one instance's latencies go 5x (a latency spike). Every check reads Prometh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -143,6 +144,7 @@ def test_train_and_watch_against_real_prometheus(tmp_path: Path) -> None:
             },
         ],
     }
+    config["rule_files"] = [str(_rules_copy(tmp_path) / "*.yml")]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prom_url = f"http://127.0.0.1:{prom_port}"
     log = tmp_path / "prometheus.log"
@@ -202,6 +204,7 @@ def test_train_and_watch_against_real_prometheus(tmp_path: Path) -> None:
         )
         time.sleep(4 * INTERVAL_S)
         _check_scores(prom_url, replay.fault_from_s)
+        _check_watch_panels(query)
         _restart_prometheus(prom, procs, tmp_path, data_dir, prom_port, log, watch, watch_port)
         assert watch.poll() is None
         assert _stop(watch) == 0
@@ -210,6 +213,37 @@ def test_train_and_watch_against_real_prometheus(tmp_path: Path) -> None:
             _stop(proc)
         exporter.shutdown()
         exporter.server_close()
+
+
+def _rules_copy(tmp_path: Path) -> Path:
+    """The project's rule files, evaluated at the global 1 s interval (groups may set a longer one)."""
+    out = tmp_path / "rules"
+    out.mkdir()
+    for path in sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            group.pop("interval", None)
+        (out / path.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def _check_watch_panels(query_url: str) -> None:
+    """Every dashboard query on watch's series (the panel of a metric beside its score, the recording
+    rules' panels) returns data from this Prometheus (test_observability_e2e checks the others)."""
+    spec = importlib.util.spec_from_file_location(
+        "panel_queries", ROOT / "deploy" / "grafana" / "panel_queries.py"
+    )
+    assert spec and spec.loader
+    pq = importlib.util.module_from_spec(spec)
+    sys.modules["panel_queries"] = pq
+    spec.loader.exec_module(pq)
+    queries = [q for q in pq.panel_queries(variables={"__rate_interval": "10s"}) if "aeguard_watch" in q.expr]
+    assert queries
+    for q in queries:
+        _wait(
+            f"data for panel {q.panel} [{q.ref_id}]: {q.expr}",
+            lambda q=q: bool(_get(query_url, {"query": q.expr})),
+        )
 
 
 #: Processes that must stay up while a test waits (a dead one fails the wait at once).
