@@ -69,6 +69,10 @@ def describe_window(window: dict[str, Any]) -> str:
         parts.append(f"step {step:g} s{gap}")
     if window.get("chosen_by"):
         parts.append(f"W chosen by {window['chosen_by']}")
+    if "gaps" in window:
+        parts.append(f"{window['gaps']} gap(s) in the training data")
+    if window.get("rows_sorted"):
+        parts.append("training rows were sorted by time")
     return "; ".join(parts)
 
 

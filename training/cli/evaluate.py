@@ -53,15 +53,33 @@ def evaluate_file(model_path: str, data_path: str, label_column: str | None = No
             f"{data_path}: columns {data.feature_names[:8]} do not match the model's features "
             f"{meta.feature_names[:8]} ({meta.n_features} expected)"
         )
-    chunks = [scorer.score(data.x[i : i + 65536]) for i in range(0, data.n_rows, 65536)]
-    scores = np.concatenate([c.score for c in chunks])
-    levels = np.concatenate([c.severity_level for c in chunks])
-    metrics = detection_metrics(scores, data.labels, meta.thresholds)
+    scores, levels, windowed = _score(scorer, data.x, data_path)
+    scored = np.isfinite(scores)
+    labels = None if data.labels is None else data.labels[scored]
+    metrics = detection_metrics(scores[scored], labels, meta.thresholds)
+    if windowed is not None:
+        metrics["windows"] = windowed
     names = ["none", *(t.name for t in meta.thresholds)]
     metrics["severity_counts"] = {names[i]: int((levels == i).sum()) for i in range(len(names))}
     metrics["model"] = {"name": meta.name, "version": meta.version, "path": str(model_path)}
     metrics["data"] = str(data_path)
     return metrics
+
+
+def _score(scorer, x, data_path: str):  # -> (scores, levels, window info or None)
+    """Every row's score: its own for a row-wise model; for a windowed one the score of the window
+    ending at it (rows ordered by the model's time and series columns), NaN for warm-up rows."""
+    import numpy as np
+
+    if scorer.window is None:
+        chunks = [scorer.score(x[i : i + 65536]) for i in range(0, x.shape[0], 65536)]
+        return np.concatenate([c.score for c in chunks]), np.concatenate([c.severity_level for c in chunks]), None
+    from training.data.windows import model_context, score_rows
+
+    context = model_context(data_path, scorer.window, data_path)
+    scores, levels, gaps = score_rows(scorer, x, context)
+    info = {"size": scorer.window.size, "warm_up_rows": int(np.isnan(scores).sum()), "gaps": gaps}
+    return scores, levels, info
 
 
 def format_metrics(m: dict) -> str:
@@ -71,6 +89,12 @@ def format_metrics(m: dict) -> str:
         f"data       {m['data']}: {m['rows']} rows"
         + (f", {m['anomalies']} labelled anomalies" if "anomalies" in m else ""),
     ]
+    if "windows" in m:
+        w = m["windows"]
+        lines.append(
+            f"windows    {w['size']} rows per sample; {w['warm_up_rows']} warm-up row(s) without a score "
+            f"(not counted below), {w['gaps']} gap(s)"
+        )
     if "roc_auc" in m:
         lines.append(f"quality    ROC-AUC {m['roc_auc']:.4f}  PR-AUC {m['pr_auc']:.4f}")
     ns = m["normal_scores"]

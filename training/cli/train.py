@@ -82,6 +82,20 @@ def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
         "autoencoder pretrains on every row not labelled anomalous, then an anomaly head on its "
         "fine-tuned encoder learns from the labels (score = -log(1 - p))",
     )
+    g.add_argument(
+        "--window",
+        metavar="W|auto",
+        help="windowed model: each sample is the W consecutive rows of a series that end at a row (its "
+        "score belongs to that row); 'auto' picks W from the data's autocorrelation (docs/windows.md)",
+    )
+    g.add_argument(
+        "--time-column",
+        metavar="COL",
+        help="with --window: the column that orders rows (date-times or seconds); rows are sorted by it "
+        "within each series, and a jump of more than 3 usual steps restarts the window (default with "
+        "--default: timestamp)",
+    )
+    g.add_argument("--series-column", metavar="COL", help="with --window: the column naming each row's series")
 
 
 def _add_network_arguments(g: argparse._ArgumentGroup) -> None:
@@ -223,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     _check_args(args)
+    if args.window is not None or args.time_column or args.series_column:
+        from training.cli.window import run_windowed
+
+        return run_windowed(args, _options)
     from training.calibration import thresholds as calibrate
 
     calibrate.parse_threshold_specs(args.threshold or defaults.DEFAULT_THRESHOLDS)  # fail before loading

@@ -14,8 +14,6 @@ its ``channels x d`` input):
 ``log_level``
     ``log(value - training minimum + 5 % of its spread)``: relative changes of positive metrics
     (traffic falling to a fifth at night is small in raw units, large in logs).
-``window_mean``
-    the mean of the window: the level with the noise averaged out over ``W`` steps.
 
 Errors are squared residuals in units of each channel's residual spread on training windows;
 ``feature_errors[:, j]`` is the mean over feature ``j``'s channels and ``score`` the mean over
@@ -27,10 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.model import Autoencoder
+from training.models.ae import Autoencoder
 
 #: The channels derived per feature, in the graph's order (see the module docstring).
-CHANNELS: tuple[str, ...] = ("value", "stillness", "log_level", "window_mean")
+CHANNELS: tuple[str, ...] = ("value", "stillness", "log_level")
 #: Differences the stillness channel takes its median over (the last ones of the window).
 STILLNESS_STEPS = 5
 #: Floor of the stillness channel, in units of the usual difference: exactly still reads log(EPS).
@@ -72,7 +70,6 @@ class WindowedGraph(nn.Module):
                 z[:, -1],
                 torch.log(median + STILLNESS_EPS),
                 torch.log(torch.clamp(last - self.low, min=0.0) + self.offset),
-                z.mean(dim=1),
             ],
             dim=1,
         )

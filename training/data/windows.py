@@ -95,7 +95,7 @@ def load_context(path: str | Path, time_column: str | None, series_column: str |
     """The time and series columns of a CSV / Parquet file (neither: an empty context)."""
     if not time_column and not series_column:
         return RowContext()
-    from training.data import _read_table
+    from training.data.tables import _read_table
 
     p = Path(path)
     if p.suffix.lower() == ".npz":
@@ -139,3 +139,30 @@ def usual_step(times: np.ndarray | None, series: np.ndarray | None) -> float | N
         diffs = diffs[series[1:] == series[:-1]]
     diffs = diffs[diffs > 0]
     return float(np.median(diffs)) if len(diffs) else None
+
+
+def score_rows(scorer: Any, x: np.ndarray, context: RowContext) -> tuple[np.ndarray, np.ndarray, int]:
+    """Score every row of ``x`` with a windowed model, as the batch job does: rows ordered by
+    (series, time), windows from :class:`~service.windows.WindowBuilder`; returns, in input order,
+    ``(score [n] with NaN for warm-up rows, severity level [n] with 0 for them, gaps found)``."""
+    spec = scorer.window
+    order, _ = time_order(x.shape[0], context)
+    times = None if context.times is None else context.times[order]
+    series = None if context.series is None else context.series[order]
+    built = WindowBuilder(spec, x.shape[1]).add(x[order], series=series, times=times)
+    score = np.full(x.shape[0], np.nan, dtype=np.float32)
+    level = np.zeros(x.shape[0], dtype=np.int64)
+    for start in range(0, len(built.rows), 65536):
+        part = scorer.score(built.samples[start : start + 65536])
+        rows = order[built.rows[start : start + 65536]]
+        score[rows] = part.score
+        level[rows] = part.severity_level
+    return score, level, built.gaps
+
+
+def model_context(path: str | Path, spec: WindowSpec, source: str) -> RowContext:
+    """The time and series columns a windowed model names, read from a CSV / Parquet file to score;
+    an NPZ (no columns) is taken in row order as one series."""
+    if Path(path).suffix.lower() == ".npz":
+        return RowContext()
+    return load_context(path, spec.time_column, spec.series_column)

@@ -27,11 +27,12 @@ import torch
 from service.artifact import ModelMetadata
 from service.errors import DataError, InvalidInputError
 from service.windows import DEFAULT_MAX_GAP, WindowBuilder, WindowSpec
-from training import calibrate, defaults
-from training.evaluate import detection_metrics
-from training.fit import FitConfig, fit_scaler, seed_everything
-from training.model import Autoencoder
-from training.window_data import (
+from training import defaults
+from training.calibration import thresholds as calibrate
+from training.calibration.evaluate import detection_metrics
+from training.fitting.fit import FitConfig, fit_scaler, seed_everything
+from training.models.ae import Autoencoder
+from training.data.windows import (
     AUTO_ACF_LEVEL,
     AUTO_MAX_WINDOW,
     AUTO_MIN_WINDOW,
@@ -41,8 +42,8 @@ from training.window_data import (
     time_order,
     usual_step,
 )
-from training.window_model import CHANNELS, LOG_OFFSET, WindowedGraph
-from training.window_splits import MIN_WINDOWS, blocked_folds, train_validation
+from training.models.window import CHANNELS, LOG_OFFSET, WindowedGraph
+from training.data.window_splits import MIN_WINDOWS, blocked_folds, train_validation
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +308,9 @@ def train_windowed(
     ``options`` is a :class:`training.api.TrainOptions` (fit settings, thresholds, name, folds);
     ``context`` the rows' time and series; ``window`` W (or ``auto``) and the gap rule.
     """
-    from training.api import TrainOptions, fingerprint, library_versions
-    from training.data import check_matrix
+    from training.data.tables import check_matrix
+    from training.pipeline import fingerprint, library_versions
+    from training.result import TrainOptions
 
     started = time.perf_counter()
     options = options or TrainOptions()
@@ -351,7 +353,7 @@ def _metadata(
     evaluation: dict[str, Any],
     cross: dict[str, Any],
 ) -> ModelMetadata:
-    from training.api import _json_safe
+    from training.pipeline import json_safe
 
     net = final.graph.autoencoder
     spec = rows.spec
@@ -376,6 +378,8 @@ def _metadata(
         "hidden": net.sizes[1:-1],
         "coding_size": net.sizes[-1],
         "activation": net.activation_name,
+        "tied_weights": False,
+        "denoise_sigma": 0.0,
         "members": 1,
         "weight_count": net.weight_count(),
         "parameter_count": sum(p.numel() for p in net.parameters()),
@@ -410,7 +414,7 @@ def _metadata(
         score_distribution=calibrate.score_distribution(calibration),
         architecture=architecture,
         training=training,
-        evaluation=_json_safe(evaluation),
+        evaluation=json_safe(evaluation),
         created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         window=window,
     )
@@ -433,7 +437,7 @@ def to_onnx_windowed(graph: WindowedGraph) -> Any:
     import onnx
 
     from service import artifact
-    from training.export import OPSET
+    from training.export.onnx import OPSET
 
     graph.eval()
     example = torch.zeros(2, graph.window, graph.n_features, dtype=torch.float32)
@@ -466,7 +470,7 @@ def parity_windows(rows: WindowedRows, seed: int) -> np.ndarray:
 
 def export_windowed(result: WindowTrainResult, out_path: str | Path) -> Path:
     """Export with the torch-vs-onnxruntime parity check on windows; write one ONNX file."""
-    from training.export import EXPORTER, check_parity, write_model
+    from training.export.onnx import EXPORTER, check_parity, write_model
 
     started = time.perf_counter()
     model = to_onnx_windowed(result.graph)
@@ -479,3 +483,29 @@ def export_windowed(result: WindowTrainResult, out_path: str | Path) -> Path:
     log.info("wrote %s (%s %s, windows of %d rows)", result.path, result.metadata.name,
              result.metadata.version, result.rows.spec.size)
     return result.path
+
+
+def format_window_summary(result: WindowTrainResult) -> str:
+    """The lines printed after `aeguard train --window`."""
+    from service.artifact import describe_parity, describe_threshold
+    from service.cli_inspect import describe_window
+
+    meta = result.metadata
+    arch, train, ev = meta.architecture, meta.training, meta.evaluation
+    cross = train["crossfit"]
+    lines = [
+        ("model", f"{result.path} ({meta.name} {meta.version})"),
+        ("window", describe_window(meta.window)),
+        ("data", f"{train['rows']} rows -> {train['windows']} windows ({train['trainable_windows']} all-normal)"),
+        ("network", f"windowed, channels {', '.join(arch['channels'])}: "
+                    + " -> ".join(map(str, arch["layer_sizes"] + arch["layer_sizes"][-2::-1])) + f" {arch['activation']}"),
+        ("training", f"{train['epochs_run']} epochs (best {train['best_epoch']}); {cross['folds']} time-blocked "
+                     f"folds (fits {cross['fold_fit_s']:.1f} s, final {cross['final_fit_s']:.1f} s)"),
+    ]
+    for t in meta.thresholds:
+        lines.append((f"  {t.name}", f">= {t.value:.5g} ({describe_threshold(t)})"))
+    if ev.get("roc_auc") is not None:
+        lines.append(("quality", f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f} (out-of-fold windows)"))
+    if meta.export:
+        lines.append(("parity", describe_parity(meta.export)))
+    return "\n".join(f"{k:<10} {v}" for k, v in lines)

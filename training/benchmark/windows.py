@@ -88,13 +88,14 @@ def flags_of(model_path: Path, x: np.ndarray, times: np.ndarray | None) -> np.nd
 def train_one(x: np.ndarray, names: list[str], times: np.ndarray | None, labels: np.ndarray | None,
               out: Path, window: str | None, name: str) -> Any:
     """Train as `aeguard train` would: row-wise without ``window``, else `--window window --time-column`."""
-    from training.api import TrainOptions, train_model
+    from training.api import train_model
+    from training.result import TrainOptions
 
     options = TrainOptions(name=name, source=name)
     if window is None:
         return train_model(x, names, out, labels=labels, options=options)
-    from training.window_data import RowContext
-    from training.windowed import WindowOptions, parse_window, train_windowed
+    from training.data.windows import RowContext
+    from training.fitting.window import WindowOptions, parse_window, train_windowed
 
     context = RowContext(times, None, None if times is None else "timestamp", None)
     return train_windowed(x, names, out, labels=labels, context=context,
@@ -119,8 +120,8 @@ def skab_figures(root: str | Path, window: str | None, work: Path) -> dict[str, 
 
 def simulator_figures(window: str | None, work: Path) -> dict[str, Any]:
     """Per-kind recall (warning or higher) and the normal rows' false-positive rate on a fresh recording."""
-    from training.default import DEFAULT_NAME, DEFAULT_SIMULATION
-    from training.simulator import ANOMALY_KINDS, SimulatorConfig, simulate_telemetry
+    from training.builtin import DEFAULT_NAME, DEFAULT_SIMULATION
+    from training.data.simulator import ANOMALY_KINDS, SimulatorConfig, simulate_telemetry
 
     train = simulate_telemetry(DEFAULT_SIMULATION)
     fresh = simulate_telemetry(SimulatorConfig(seed=123))
