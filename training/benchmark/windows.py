@@ -52,7 +52,15 @@ def load_skab(root: str | Path) -> list[tuple[str, np.ndarray, np.ndarray, np.nd
             )
             values = np.array([[float(v) for v in r[1:]] for r in rows])
             names = header[1:9]
-            files.append((f"{folder}/{path.stem}", stamps, values[:, :8].astype(np.float32), values[:, 8].astype(int), names))
+            files.append(
+                (
+                    f"{folder}/{path.stem}",
+                    stamps,
+                    values[:, :8].astype(np.float32),
+                    values[:, 8].astype(int),
+                    names,
+                )
+            )
     if not files:
         raise SystemExit(f"{root}: no SKAB files under {', '.join(SKAB_FOLDERS)}")
     return files
@@ -85,8 +93,15 @@ def flags_of(model_path: Path, x: np.ndarray, times: np.ndarray | None) -> np.nd
     return flags
 
 
-def train_one(x: np.ndarray, names: list[str], times: np.ndarray | None, labels: np.ndarray | None,
-              out: Path, window: str | None, name: str) -> Any:
+def train_one(
+    x: np.ndarray,
+    names: list[str],
+    times: np.ndarray | None,
+    labels: np.ndarray | None,
+    out: Path,
+    window: str | None,
+    name: str,
+) -> Any:
     """Train as `aeguard train` would: row-wise without ``window``, else `--window window --time-column`."""
     from training.api import train_model
     from training.result import TrainOptions
@@ -98,8 +113,15 @@ def train_one(x: np.ndarray, names: list[str], times: np.ndarray | None, labels:
     from training.fitting.window import WindowOptions, parse_window, train_windowed
 
     context = RowContext(times, None, None if times is None else "timestamp", None)
-    return train_windowed(x, names, out, labels=labels, context=context,
-                          window=WindowOptions(parse_window(window)), options=options)
+    return train_windowed(
+        x,
+        names,
+        out,
+        labels=labels,
+        context=context,
+        window=WindowOptions(parse_window(window)),
+        options=options,
+    )
 
 
 def skab_figures(root: str | Path, window: str | None, work: Path) -> dict[str, Any]:
@@ -114,8 +136,14 @@ def skab_figures(root: str | Path, window: str | None, work: Path) -> dict[str, 
         flags = flags_of(out, x[SKAB_TRAIN_ROWS:], times[SKAB_TRAIN_ROWS:])
         counts += _confusion(flags, y[SKAB_TRAIN_ROWS:])
     f1, far, mar = f1_far_mar(counts)
-    return {"f1": f1, "far": far, "mar": mar, "counts": counts.tolist(), "window_sizes": sizes,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "f1": f1,
+        "far": far,
+        "mar": mar,
+        "counts": counts.tolist(),
+        "window_sizes": sizes,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def simulator_figures(window: str | None, work: Path) -> dict[str, Any]:
@@ -127,19 +155,33 @@ def simulator_figures(window: str | None, work: Path) -> dict[str, Any]:
     fresh = simulate_telemetry(SimulatorConfig(seed=123))
     out = work / f"simulator-{window or 'rows'}.onnx"
     started = time.perf_counter()
-    result = train_one(train.x, list(train.feature_names), train.timestamps_s.astype(np.float64),
-                       train.labels, out, window, DEFAULT_NAME)
+    result = train_one(
+        train.x,
+        list(train.feature_names),
+        train.timestamps_s.astype(np.float64),
+        train.labels,
+        out,
+        window,
+        DEFAULT_NAME,
+    )
     flags = flags_of(out, fresh.x, fresh.timestamps_s.astype(np.float64))
     kinds = np.array(fresh.kinds)
     recall = {k: float(flags[kinds == k].mean()) for k in ANOMALY_KINDS if (kinds == k).any()}
     normal = fresh.labels == 0
-    return {"recall": recall, "fpr": 100 * float(flags[normal].mean()), "window": result.metadata.window_size,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "recall": recall,
+        "fpr": 100 * float(flags[normal].mean()),
+        "window": result.metadata.window_size,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def format_skab(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    lines = ["SKAB, 34 files, first 400 rows train, rest scored; alert = is_anomaly", "",
-             f"{'algorithm':<36} {'F1':>5} {'FAR %':>7} {'MAR %':>7}"]
+    lines = [
+        "SKAB, 34 files, first 400 rows train, rest scored; alert = is_anomaly",
+        "",
+        f"{'algorithm':<36} {'F1':>5} {'FAR %':>7} {'MAR %':>7}",
+    ]
     for label, f in rows:
         lines.append(f"{label:<36} {f['f1']:>5.3f} {f['far']:>7.2f} {f['mar']:>7.2f}")
     for label, f1, far, mar in PUBLISHED:
@@ -149,10 +191,15 @@ def format_skab(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 def format_simulator(rows: list[tuple[str, dict[str, Any]]]) -> str:
     kinds = list(rows[0][1]["recall"])
-    lines = ["Simulator: trained on seed 0, scored on SimulatorConfig(seed=123); recall = warning or higher", "",
-             f"{'model':<22} " + " ".join(f"{k:>13}" for k in kinds) + f" {'FPR % normal':>13}"]
+    lines = [
+        "Simulator: trained on seed 0, scored on SimulatorConfig(seed=123); recall = warning or higher",
+        "",
+        f"{'model':<22} " + " ".join(f"{k:>13}" for k in kinds) + f" {'FPR % normal':>13}",
+    ]
     for label, f in rows:
-        lines.append(f"{label:<22} " + " ".join(f"{f['recall'][k]:>13.2f}" for k in kinds) + f" {f['fpr']:>13.2f}")
+        lines.append(
+            f"{label:<22} " + " ".join(f"{f['recall'][k]:>13.2f}" for k in kinds) + f" {f['fpr']:>13.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -168,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rowwise", action="store_true", help="skip the row-wise side")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    sides = ([] if args.no_rowwise else [("aeguard row-wise", None)]) + [(f"aeguard --window {args.window}", args.window)]
+    sides = ([] if args.no_rowwise else [("aeguard row-wise", None)]) + [
+        (f"aeguard --window {args.window}", args.window)
+    ]
     with tempfile.TemporaryDirectory(prefix="aeguard-bench-windows-") as tmp:
         work = Path(tmp)
         if args.skab:

@@ -73,7 +73,11 @@ def _score(scorer, x, data_path: str):  # -> (scores, levels, window info or Non
 
     if scorer.window is None:
         chunks = [scorer.score(x[i : i + 65536]) for i in range(0, x.shape[0], 65536)]
-        return np.concatenate([c.score for c in chunks]), np.concatenate([c.severity_level for c in chunks]), None
+        return (
+            np.concatenate([c.score for c in chunks]),
+            np.concatenate([c.severity_level for c in chunks]),
+            None,
+        )
     from training.data.windows import model_context, score_rows
 
     context = model_context(data_path, scorer.window, data_path)

@@ -95,7 +95,9 @@ def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
         "within each series, and a jump of more than 3 usual steps restarts the window (default with "
         "--default: timestamp)",
     )
-    g.add_argument("--series-column", metavar="COL", help="with --window: the column naming each row's series")
+    g.add_argument(
+        "--series-column", metavar="COL", help="with --window: the column naming each row's series"
+    )
 
 
 def _add_network_arguments(g: argparse._ArgumentGroup) -> None:

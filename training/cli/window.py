@@ -28,7 +28,9 @@ def check_window_args(args: argparse.Namespace) -> None:
         if on:
             raise InvalidInputError(f"{flag} is not available with --window (docs/windows.md, 'Not yet')")
     if args.default and args.series_column:
-        raise InvalidInputError("the built-in telemetry is one series: --series-column does not apply with --default")
+        raise InvalidInputError(
+            "the built-in telemetry is one series: --series-column does not apply with --default"
+        )
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:

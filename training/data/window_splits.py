@@ -52,9 +52,7 @@ def train_validation(candidates: np.ndarray, ends: np.ndarray, window: int) -> t
     return train, validation
 
 
-def blocked_folds(
-    ends: np.ndarray, trainable: np.ndarray, window: int, folds: int
-) -> list[BlockedFold]:
+def blocked_folds(ends: np.ndarray, trainable: np.ndarray, window: int, folds: int) -> list[BlockedFold]:
     """``folds`` contiguous blocks of windows in time; fold ``j`` scores block ``j`` and trains on the
     trainable windows of the other blocks that share no row with it.
 
@@ -78,7 +76,8 @@ def blocked_folds(
         if len(candidates) < MIN_WINDOWS:
             raise DataError(
                 f"{folds} time-blocked folds of {m} windows leave fold {j + 1} {len(candidates)} training "
-                f"windows (at least {MIN_WINDOWS}); use fewer --crossfit-folds, a smaller --window or more rows"
+                f"windows (at least {MIN_WINDOWS}); use fewer --crossfit-folds, a smaller --window or "
+                "more rows"
             )
         train, validation = train_validation(candidates, ends, window)
         out.append(BlockedFold(train, validation, block))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import DataError, InvalidInputError
-from service.windows import DEFAULT_MAX_GAP, WindowBuilder, WindowSpec
+from service.windows import WindowBuilder, WindowSpec
 
 #: ``--window auto`` keeps W within these bounds (see :func:`choose_window`).
 AUTO_MIN_WINDOW = 8
@@ -82,12 +82,16 @@ def to_seconds(values: Any, column: str, source: str) -> np.ndarray:
                     raise ValueError("not ISO 8601 date-times (YYYY-MM-DDTHH:MM:SS[Z])")
             elif pa.types.is_date(t):
                 values = values.cast(pa.timestamp("s"))
-            stamp = values.cast(pa.timestamp("us", tz=None) if not getattr(values.type, "tz", None) else values.type)
+            stamp = values.cast(
+                pa.timestamp("us", tz=None) if not getattr(values.type, "tz", None) else values.type
+            )
             out = stamp.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise DataError(f"{source}: time column '{column}' ({t}) cannot be read as times: {exc}") from exc
     if not np.isfinite(out).all():
-        raise DataError(f"{source}: time column '{column}' has {int((~np.isfinite(out)).sum())} empty value(s)")
+        raise DataError(
+            f"{source}: time column '{column}' has {int((~np.isfinite(out)).sum())} empty value(s)"
+        )
     return out
 
 
@@ -103,8 +107,12 @@ def load_context(path: str | Path, time_column: str | None, series_column: str |
     table = _read_table(p)
     missing = [c for c in (time_column, series_column) if c and c not in table.column_names]
     if missing:
-        raise DataError(f"{p}: no column(s) {', '.join(missing)}; the file has {', '.join(table.column_names[:20])}")
-    times = to_seconds(table.column(time_column).combine_chunks(), time_column, str(p)) if time_column else None
+        raise DataError(
+            f"{p}: no column(s) {', '.join(missing)}; the file has {', '.join(table.column_names[:20])}"
+        )
+    times = (
+        to_seconds(table.column(time_column).combine_chunks(), time_column, str(p)) if time_column else None
+    )
     series = None
     if series_column:
         col = table.column(series_column)

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,8 +30,7 @@ from service.windows import DEFAULT_MAX_GAP, WindowBuilder, WindowSpec
 from training import defaults
 from training.calibration import thresholds as calibrate
 from training.calibration.evaluate import detection_metrics
-from training.fitting.fit import FitConfig, fit_scaler, seed_everything
-from training.models.ae import Autoencoder
+from training.data.window_splits import MIN_WINDOWS, blocked_folds, train_validation
 from training.data.windows import (
     AUTO_ACF_LEVEL,
     AUTO_MAX_WINDOW,
@@ -42,8 +41,9 @@ from training.data.windows import (
     time_order,
     usual_step,
 )
+from training.fitting.fit import FitConfig, fit_scaler, seed_everything
+from training.models.ae import Autoencoder
 from training.models.window import CHANNELS, LOG_OFFSET, WindowedGraph
-from training.data.window_splits import MIN_WINDOWS, blocked_folds, train_validation
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,9 @@ def window_rows(
             f"({built.gaps} gap(s)); give more rows or a smaller --window"
         )
     n_series = 1 if series is None else len(np.unique(series))
-    return WindowedRows(xs, ys, order, spec, built.samples, built.rows, built.gaps, n_series, was_sorted, info)
+    return WindowedRows(
+        xs, ys, order, spec, built.samples, built.rows, built.gaps, n_series, was_sorted, info
+    )
 
 
 def _run_starts(n: int, times: np.ndarray | None, series: np.ndarray | None, spec: WindowSpec) -> np.ndarray:
@@ -154,7 +156,7 @@ def _run_starts(n: int, times: np.ndarray | None, series: np.ndarray | None, spe
 
 def _prepare_graph(samples: np.ndarray, config: FitConfig) -> WindowedGraph:
     """An untrained graph whose scalers come from the training windows ``[m, W, d]``."""
-    m, w, d = samples.shape
+    _, w, d = samples.shape
     last = samples[:, -1].astype(np.float64)
     mean, scale = fit_scaler(last)
     steps = (samples[:, -1].astype(np.float64) - samples[:, -2]) / scale
@@ -163,7 +165,9 @@ def _prepare_graph(samples: np.ndarray, config: FitConfig) -> WindowedGraph:
     hidden = list(config.hidden) if config.hidden is not None else defaults.default_hidden(n_in)
     k = config.coding_size or defaults.default_coding_size(n_in)
     if k >= n_in:
-        raise InvalidInputError(f"coding size {k} must be below the network's input width {n_in} ({len(CHANNELS)} x {d})")
+        raise InvalidInputError(
+            f"coding size {k} must be below the network's input width {n_in} ({len(CHANNELS)} x {d})"
+        )
     activation = defaults.activation_list(config.activation)[0]
     seed_everything(config.seed)
     graph = WindowedGraph(Autoencoder(n_in, hidden, k, activation=activation), w, d)
@@ -182,7 +186,10 @@ def _prepare_graph(samples: np.ndarray, config: FitConfig) -> WindowedGraph:
 
 def _batched(fn: Any, samples: np.ndarray, rows: int = 8192) -> np.ndarray:
     with torch.no_grad():
-        parts = [fn(torch.from_numpy(np.ascontiguousarray(samples[i : i + rows]))) for i in range(0, len(samples), rows)]
+        parts = [
+            fn(torch.from_numpy(np.ascontiguousarray(samples[i : i + rows])))
+            for i in range(0, len(samples), rows)
+        ]
     return torch.cat(parts).numpy()
 
 
@@ -326,7 +333,9 @@ def train_windowed(
     thresholds = calibrate.compute_thresholds(specs, oof[trainable], oof, w_labels)
     evaluation = detection_metrics(oof, w_labels, thresholds)
     evaluation["split"] = "every window, out-of-fold (time-blocked); the normal ones also set the thresholds"
-    metadata = _metadata(rows, feature_names, final, config, options, thresholds, oof[trainable], evaluation, cross)
+    metadata = _metadata(
+        rows, feature_names, final, config, options, thresholds, oof[trainable], evaluation, cross
+    )
     metadata = replace(
         metadata,
         versions=library_versions(),
@@ -391,7 +400,7 @@ def _metadata(
     training = {
         "source": options.source,
         "rows": int(rows.x.shape[0]),
-        "windows": int(len(rows.ends)),
+        "windows": len(rows.ends),
         "trainable_windows": int(rows.all_normal().sum()),
         "labelled": rows.labels is not None,
         "anomalies_in_data": None if rows.labels is None else int((rows.labels == 1).sum()),
@@ -422,8 +431,11 @@ def _metadata(
 
 def _version(rows: WindowedRows, config: FitConfig, options: Any) -> str:
     """A short hash of the windows' rows, W and the settings."""
-    doc = json.dumps({"fit": asdict(config), "thresholds": list(options.thresholds), "window": rows.spec.size},
-                     sort_keys=True, default=str)
+    doc = json.dumps(
+        {"fit": asdict(config), "thresholds": list(options.thresholds), "window": rows.spec.size},
+        sort_keys=True,
+        default=str,
+    )
     h = hashlib.sha256(np.ascontiguousarray(rows.x).tobytes())
     h.update(doc.encode())
     return h.hexdigest()[:12]
@@ -474,14 +486,21 @@ def export_windowed(result: WindowTrainResult, out_path: str | Path) -> Path:
 
     started = time.perf_counter()
     model = to_onnx_windowed(result.graph)
-    info = check_parity(result.graph, model, parity_windows(result.rows, result.metadata.training["seed"]))
+    info = check_parity(
+        cast(Any, result.graph), model, parity_windows(result.rows, result.metadata.training["seed"])
+    )
     info["exporter"] = EXPORTER
     info["opset"] = int(next((o.version for o in model.opset_import if o.domain == ""), 0))
     info["export_s"] = round(time.perf_counter() - started, 3)
     result.metadata = replace(result.metadata, export=info)
     result.path = write_model(model, result.metadata, out_path)
-    log.info("wrote %s (%s %s, windows of %d rows)", result.path, result.metadata.name,
-             result.metadata.version, result.rows.spec.size)
+    log.info(
+        "wrote %s (%s %s, windows of %d rows)",
+        result.path,
+        result.metadata.name,
+        result.metadata.version,
+        result.rows.spec.size,
+    )
     return result.path
 
 
@@ -496,16 +515,28 @@ def format_window_summary(result: WindowTrainResult) -> str:
     lines = [
         ("model", f"{result.path} ({meta.name} {meta.version})"),
         ("window", describe_window(meta.window)),
-        ("data", f"{train['rows']} rows -> {train['windows']} windows ({train['trainable_windows']} all-normal)"),
-        ("network", f"windowed, channels {', '.join(arch['channels'])}: "
-                    + " -> ".join(map(str, arch["layer_sizes"] + arch["layer_sizes"][-2::-1])) + f" {arch['activation']}"),
-        ("training", f"{train['epochs_run']} epochs (best {train['best_epoch']}); {cross['folds']} time-blocked "
-                     f"folds (fits {cross['fold_fit_s']:.1f} s, final {cross['final_fit_s']:.1f} s)"),
+        (
+            "data",
+            f"{train['rows']} rows -> {train['windows']} windows ({train['trainable_windows']} all-normal)",
+        ),
+        (
+            "network",
+            f"windowed, channels {', '.join(arch['channels'])}: "
+            + " -> ".join(map(str, arch["layer_sizes"] + arch["layer_sizes"][-2::-1]))
+            + f" {arch['activation']}",
+        ),
+        (
+            "training",
+            f"{train['epochs_run']} epochs (best {train['best_epoch']}); {cross['folds']} time-blocked "
+            f"folds (fits {cross['fold_fit_s']:.1f} s, final {cross['final_fit_s']:.1f} s)",
+        ),
     ]
     for t in meta.thresholds:
         lines.append((f"  {t.name}", f">= {t.value:.5g} ({describe_threshold(t)})"))
     if ev.get("roc_auc") is not None:
-        lines.append(("quality", f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f} (out-of-fold windows)"))
+        lines.append(
+            ("quality", f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f} (out-of-fold windows)")
+        )
     if meta.export:
         lines.append(("parity", describe_parity(meta.export)))
     return "\n".join(f"{k:<10} {v}" for k, v in lines)

@@ -41,6 +41,15 @@ class WindowedGraph(nn.Module):
     """What goes into a windowed model's ONNX file: raw windows in; score, feature errors, codes and
     the last row's reconstruction out (the artifact contract, WINDOW-CONTRACT.md)."""
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+    step_scale: torch.Tensor
+    low: torch.Tensor
+    offset: torch.Tensor
+    channel_mean: torch.Tensor
+    channel_scale: torch.Tensor
+    residual_scale: torch.Tensor
+
     def __init__(self, autoencoder: Autoencoder, window: int, n_features: int) -> None:
         super().__init__()
         self.autoencoder = autoencoder
