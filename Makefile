@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/aeguard/v1/aeguard.proto
 STUBS := service/rpc/api/aeguard_pb2.py
 
-.PHONY: install proto run test test-fast lint bench bench-peers bench-watch soak quality clean node-deps system-deps
+.PHONY: install proto run test test-fast lint bench bench-peers bench-watch bench-windows soak quality clean node-deps system-deps
 
 install: $(STAMP) $(STUBS)
 
@@ -103,6 +103,13 @@ ADBENCH ?= $(AEGUARD_ADBENCH_DIR)
 
 quality: install
 	$(PY) -m service.cli benchmark $(ADBENCH) --out docs/quality.md
+
+# Windowed models (issue 22): row-wise vs `--window auto` on the simulator and, with SKAB's data folder
+# (`make bench-windows SKAB=DIR` or AEGUARD_SKAB_DIR=DIR), on SKAB's protocol; docs/windows.md.
+SKAB ?= $(AEGUARD_SKAB_DIR)
+
+bench-windows: install
+	$(PY) -m training.benchmark.windows --simulator $(if $(SKAB),--skab $(SKAB))
 
 clean:
 	rm -rf $(VENV) $(MLSERVER_VENV) service/rpc/api .pytest_cache .mypy_cache .ruff_cache aeguard.egg-info build dist \
