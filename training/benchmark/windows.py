@@ -17,11 +17,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from service.scorer import Scorer
+from service.windows import WindowBuilder
+from training.api import train_model
+from training.builtin import DEFAULT_NAME, DEFAULT_SIMULATION
+from training.data.simulator import ANOMALY_KINDS, SimulatorConfig, simulate_telemetry
+from training.data.windows import RowContext
+from training.fitting.window import WindowOptions, parse_window, train_windowed
+from training.result import TrainOptions
 
 #: The published leaderboard rows (SKAB's README, outlier detection): F1, FAR %, MAR %.
 PUBLISHED: tuple[tuple[str, float, float, float], ...] = (
@@ -38,7 +49,6 @@ SKAB_TRAIN_ROWS = 400
 
 def load_skab(root: str | Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, list[str]]]:
     """``(name, times_s, x, labels, feature_names)`` of each labelled SKAB file (``;``-separated)."""
-    import datetime as dt
 
     files = []
     for folder in SKAB_FOLDERS:
@@ -80,8 +90,6 @@ def f1_far_mar(counts: np.ndarray) -> tuple[float, float, float]:
 def flags_of(model_path: Path, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
     """``is_anomaly`` per row as a consumer computes it: through the Scorer, windows built by
     :class:`service.windows.WindowBuilder` for a windowed model (warm-up rows: False)."""
-    from service.scorer import Scorer
-    from service.windows import WindowBuilder
 
     scorer = Scorer.load(model_path)
     if scorer.window is None:
@@ -103,14 +111,10 @@ def train_one(
     name: str,
 ) -> Any:
     """Train as `aeguard train` would: row-wise without ``window``, else `--window window --time-column`."""
-    from training.api import train_model
-    from training.result import TrainOptions
 
     options = TrainOptions(name=name, source=name)
     if window is None:
         return train_model(x, names, out, labels=labels, options=options)
-    from training.data.windows import RowContext
-    from training.fitting.window import WindowOptions, parse_window, train_windowed
 
     context = RowContext(times, None, None if times is None else "timestamp", None)
     return train_windowed(
@@ -148,8 +152,6 @@ def skab_figures(root: str | Path, window: str | None, work: Path) -> dict[str, 
 
 def simulator_figures(window: str | None, work: Path) -> dict[str, Any]:
     """Per-kind recall (warning or higher) and the normal rows' false-positive rate on a fresh recording."""
-    from training.builtin import DEFAULT_NAME, DEFAULT_SIMULATION
-    from training.data.simulator import ANOMALY_KINDS, SimulatorConfig, simulate_telemetry
 
     train = simulate_telemetry(DEFAULT_SIMULATION)
     fresh = simulate_telemetry(SimulatorConfig(seed=123))
@@ -204,7 +206,6 @@ def format_simulator(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tempfile
 
     import torch
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidInputError
+from training import defaults
 
 #: The built-in telemetry's time column (``training.data.simulator``: one row per 120 s).
 DEFAULT_TIME_COLUMN = "timestamp"
@@ -23,7 +24,7 @@ def check_window_args(args: argparse.Namespace) -> None:
     for flag, on in (
         ("--semi-supervised", args.semi_supervised),
         ("--report", bool(args.report)),
-        ("--architecture vae", args.architecture != "ae"),
+        ("--architecture " + str(args.architecture), args.architecture != defaults.ARCHITECTURE),
     ):
         if on:
             raise InvalidInputError(f"{flag} is not available with --window (docs/windows.md, 'Not yet')")

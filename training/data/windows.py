@@ -15,6 +15,7 @@ import numpy as np
 
 from service.errors import DataError, InvalidInputError
 from service.windows import WindowBuilder, WindowSpec
+from training.data.tables import _read_table
 
 #: ``--window auto`` keeps W within these bounds (see :func:`choose_window`).
 AUTO_MIN_WINDOW = 8
@@ -99,8 +100,6 @@ def load_context(path: str | Path, time_column: str | None, series_column: str |
     """The time and series columns of a CSV / Parquet file (neither: an empty context)."""
     if not time_column and not series_column:
         return RowContext()
-    from training.data.tables import _read_table
-
     p = Path(path)
     if p.suffix.lower() == ".npz":
         raise InvalidInputError(f"{p}: --time-column / --series-column need a CSV or Parquet file")

@@ -13,23 +13,29 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import onnx
 import torch
 
-from service.artifact import ModelMetadata
+from service import artifact
+from service.artifact import ModelMetadata, describe_parity, describe_threshold
+from service.cli_inspect import describe_window
 from service.errors import DataError, InvalidInputError
 from service.windows import DEFAULT_MAX_GAP, WindowBuilder, WindowSpec
 from training import defaults
 from training.calibration import thresholds as calibrate
 from training.calibration.evaluate import detection_metrics
+from training.data.tables import check_matrix
 from training.data.window_splits import MIN_WINDOWS, blocked_folds, train_validation
 from training.data.windows import (
     AUTO_ACF_LEVEL,
@@ -41,9 +47,12 @@ from training.data.windows import (
     time_order,
     usual_step,
 )
+from training.export.onnx import EXPORTER, OPSET, check_parity, write_model
 from training.fitting.fit import FitConfig, fit_scaler, seed_everything
 from training.models.ae import Autoencoder
 from training.models.window import CHANNELS, LOG_OFFSET, WindowedGraph
+from training.pipeline import fingerprint, json_safe, library_versions
+from training.result import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +324,6 @@ def train_windowed(
     ``options`` is a :class:`training.api.TrainOptions` (fit settings, thresholds, name, folds);
     ``context`` the rows' time and series; ``window`` W (or ``auto``) and the gap rule.
     """
-    from training.data.tables import check_matrix
-    from training.pipeline import fingerprint, library_versions
-    from training.result import TrainOptions
 
     started = time.perf_counter()
     options = options or TrainOptions()
@@ -325,7 +331,7 @@ def train_windowed(
     specs = calibrate.parse_threshold_specs(options.thresholds)
     rows = window_rows(x, labels, context or RowContext(), window or WindowOptions())
     trainable = rows.all_normal() if not options.contaminated else np.ones(len(rows.ends), dtype=bool)
-    config = replace(options.fit, architecture="ae")
+    config = replace(options.fit, architecture=defaults.ARCHITECTURE)
     folds = max(2, options.crossfit_folds)
     torch.set_num_threads(max(1, min(defaults.TORCH_THREADS, torch.get_num_threads())))
     oof, final, cross = crossfit_windows(rows, trainable, config, folds)
@@ -362,7 +368,6 @@ def _metadata(
     evaluation: dict[str, Any],
     cross: dict[str, Any],
 ) -> ModelMetadata:
-    from training.pipeline import json_safe
 
     net = final.graph.autoencoder
     spec = rows.spec
@@ -443,13 +448,6 @@ def _version(rows: WindowedRows, config: FitConfig, options: Any) -> str:
 
 def to_onnx_windowed(graph: WindowedGraph) -> Any:
     """Trace the windowed graph into an in-memory ONNX model: input ``[batch, W, d]``, dynamic batch."""
-    import io
-    import warnings
-
-    import onnx
-
-    from service import artifact
-    from training.export.onnx import OPSET
 
     graph.eval()
     example = torch.zeros(2, graph.window, graph.n_features, dtype=torch.float32)
@@ -482,7 +480,6 @@ def parity_windows(rows: WindowedRows, seed: int) -> np.ndarray:
 
 def export_windowed(result: WindowTrainResult, out_path: str | Path) -> Path:
     """Export with the torch-vs-onnxruntime parity check on windows; write one ONNX file."""
-    from training.export.onnx import EXPORTER, check_parity, write_model
 
     started = time.perf_counter()
     model = to_onnx_windowed(result.graph)
@@ -506,8 +503,6 @@ def export_windowed(result: WindowTrainResult, out_path: str | Path) -> Path:
 
 def format_window_summary(result: WindowTrainResult) -> str:
     """The lines printed after `aeguard train --window`."""
-    from service.artifact import describe_parity, describe_threshold
-    from service.cli_inspect import describe_window
 
     meta = result.metadata
     arch, train, ev = meta.architecture, meta.training, meta.evaluation
