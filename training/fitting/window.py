@@ -50,7 +50,7 @@ from training.data.windows import (
 from training.export.onnx import EXPORTER, OPSET, check_parity, write_model
 from training.fitting.fit import FitConfig, fit_scaler, seed_everything
 from training.models.ae import Autoencoder
-from training.models.window import CHANNELS, LOG_OFFSET, WindowedGraph
+from training.models.window import CHANNELS, ERROR_HINGE, LOG_OFFSET, WindowedGraph
 from training.pipeline import fingerprint, json_safe, library_versions
 from training.result import TrainOptions
 
@@ -398,8 +398,8 @@ def _metadata(
         "weight_count": net.weight_count(),
         "parameter_count": sum(p.numel() for p in net.parameters()),
         "scaler": "standard (mean / std of the training windows' last rows; constant columns scaled by 1)",
-        "score": "mean over features of the mean over each feature's channels of the squared residual, "
-        "in units of that channel's residual spread on training windows",
+        "score": "mean over features of the mean over each feature's channels of max(0, squared residual "
+        f"- {ERROR_HINGE:g}), the residual in units of that channel's spread on training windows",
         "undercomplete": net.sizes[-1] < net.sizes[0],
     }
     training = {
