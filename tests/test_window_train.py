@@ -200,7 +200,7 @@ def cli_model(tmp_path_factory):
 
 def test_cli_trains_a_windowed_model_that_loads_and_evaluates(cli_model):
     model, csv, text = cli_model
-    assert "6 rows per sample (chosen by user)" in text and "ordered by 'ts', usual step 60 s" in text
+    assert "6 consecutive rows per sample" in text and "time column 'ts'" in text and "step 60 s" in text
     scorer = Scorer.load(model)
     assert scorer.metadata.feature_names == ["a", "b"] and scorer.window.time_column == "ts"
     metrics = evaluate_file(str(model), str(csv), "label")
@@ -213,7 +213,9 @@ def test_inspect_shows_the_window(cli_model):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["inspect", str(model)]) == 0
-    assert "window         6 rows per sample (chosen by user); ordered by 'ts'" in buf.getvalue()
+    text = buf.getvalue()
+    assert "window         6 consecutive rows per sample" in text and "time column 'ts'" in text
+    assert "W chosen by user" in text and "0 gap(s) in the training data" in text
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["inspect", str(model), "--json"]) == 0
