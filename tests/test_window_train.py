@@ -235,3 +235,25 @@ def test_window_options_are_checked(tmp_path):
         with contextlib.redirect_stderr(err):
             code = main(["train", str(csv), "--out", str(tmp_path / "m.onnx"), *extra])
         assert code != 0 and message in err.getvalue(), (extra, err.getvalue())
+
+
+def test_the_batch_job_scores_a_cli_trained_model_as_evaluate_does(cli_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    from training.data.windows import model_context, score_rows
+
+    model, csv, _ = cli_model
+    out = tmp_path / "scored.parquet"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert (
+            main(["score", "--model", str(model), "--input", str(csv), "--output", str(out), "--no-progress"])
+            == 0
+        )
+    table = pq.read_table(out)
+    scorer = Scorer.load(model)
+    data = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=(1, 2), dtype=np.float32)
+    expected, _, _ = score_rows(scorer, data, model_context(csv, scorer.window, str(csv)))
+    got = np.array([np.nan if v is None else v for v in table.column("score").to_pylist()], dtype=np.float32)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[5:], expected[5:], rtol=1e-6)
+    assert table.column("is_anomaly").to_pylist()[:5] == [False] * 5
