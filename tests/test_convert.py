@@ -227,3 +227,57 @@ def test_per_sample_top_features_equal_the_scorers_definition(model, tiny_datase
             [(n, float(np.float32(e)), float(np.float32(s))) for n, e, s in row] for row in expected
         ]
         assert got == as_float32
+
+
+def _field_by_field(batch, names: tuple[str, ...]) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        results=[
+            pb.SampleResult(
+                score=float(batch.score[i]),
+                normalized_score=float(batch.normalized_score[i]),
+                is_anomaly=bool(batch.is_anomaly[i]),
+                severity=names[batch.severity_level[i]],
+            )
+            for i in range(len(batch.score))
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("none", "warning", "critical"), ("none", "x"), ("none", "a" * 10, "b"), ("n", "é" * 4, "ok")],
+)
+def test_results_written_as_bytes_parse_to_the_messages_built_field_by_field(names):
+    from service.scorer import ScoreBatch
+
+    rng = np.random.default_rng(7)
+    n = 300
+    score = rng.exponential(size=n).astype(np.float32)
+    score[:3] = [0.0, -0.0, np.finfo(np.float32).max]  # unset on the wire, signed zero, the ceiling
+    level = rng.integers(0, len(names), size=n)
+    batch = ScoreBatch(score, (score / np.float32(3)).astype(np.float32), level, level > 0, None)
+    wire = convert.plain_results_wire(batch, names)
+    assert wire is not None
+    resp = pb.ScoreResponse()
+    resp.MergeFromString(wire)
+    expected = _field_by_field(batch, names)
+    assert resp == expected
+    assert resp.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+    assert np.signbit(resp.results[1].score) and not np.signbit(resp.results[0].score)
+
+
+def test_names_too_unequal_for_one_record_length_fall_back_to_the_loop():
+    from service.scorer import ScoreBatch
+
+    names = ("none", "a-very-long-severity-name")  # 21 bytes apart: more than a varint can pad
+    level = np.array([0, 1] * 20)
+    score = np.linspace(0, 2, 40, dtype=np.float32)
+    batch = ScoreBatch(score, score, level, level > 0, None)
+    assert convert.plain_results_wire(batch, names) is None
+
+    class Model:
+        severity_names = names
+
+    resp = pb.ScoreResponse()
+    convert._append_results(resp, pb.ScoreRequest(), Model, batch)  # type: ignore[arg-type]
+    assert resp == _field_by_field(batch, names)
