@@ -41,9 +41,7 @@ def _paired(rounds: dict[tuple[str, str], list[dict[str, Any]]], w: str, a: str,
     """Median over rounds of side a's figure divided by side b's in the same round."""
     ra, rb = rounds[(w, a)], rounds[(w, b)]
     if key == "cpu":
-        pairs = [
-            report.cpu_us_per_request(x) / report.cpu_us_per_request(y) for x, y in zip(ra, rb, strict=True)
-        ]
+        pairs = [_cpu(x) / _cpu(y) for x, y in zip(ra, rb, strict=True)]
     else:
         pairs = [x[key] / y[key] for x, y in zip(ra, rb, strict=True)]
     return statistics.median(pairs)
