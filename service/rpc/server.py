@@ -339,6 +339,7 @@ async def _start(handle: ServerHandle, reuse_port: bool, publish_drift: bool) ->
             config.micro_batch_rows,
             config.micro_batch_delay_ms / 1000,
             max_stream_series=config.max_stream_series,
+            busy=lambda: instrumented.calls.active > 1,  # another call than the one asking
         ),
         instrumented,
     )

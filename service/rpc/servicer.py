@@ -12,7 +12,7 @@ own response and the stream goes on.
 # ruff: noqa: N802  (method names are the gRPC contract)
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -47,13 +47,16 @@ class AnomalyDetectorServicer(pb_grpc.AnomalyDetectorServicer):
         micro_batch_rows: int = 0,
         micro_batch_delay_s: float = 0.0,
         max_stream_series: int = 1000,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._max_stream_series = max_stream_series
         self._metrics = metrics
         self._max_rows = max_batch_rows
         self._batcher = (
-            MicroBatcher(micro_batch_rows, on_batch=metrics.observe_scores, delay_s=micro_batch_delay_s)
+            MicroBatcher(
+                micro_batch_rows, on_batch=metrics.observe_scores, delay_s=micro_batch_delay_s, busy=busy
+            )
             if micro_batch_rows
             else None
         )
