@@ -119,18 +119,8 @@ def _measure_batch(
             severity=batch.severity_level.tolist(),
         ).SerializeToString()
 
-    def per_sample_field_by_field() -> bytes:
-        """The per-row loop every batch used before results were written as bytes."""
-        threshold = convert.WIRE_RESULTS_MIN_ROWS
-        convert.WIRE_RESULTS_MIN_ROWS = sys.maxsize
-        try:
-            return convert.score_response(per_sample, model, batch).SerializeToString()
-        finally:
-            convert.WIRE_RESULTS_MIN_ROWS = threshold
-
     timings = {
         "score_us": lambda: model.scorer.score(x),
-        "per_sample_loop_server_us": per_sample_field_by_field,
         "per_sample_server_us": lambda: convert.score_response(per_sample, model, batch).SerializeToString(),
         "per_sample_client_us": lambda: _read_per_sample(per_sample_wire),
         "columnar_server_us": lambda: convert.score_response(columnar, model, batch).SerializeToString(),
@@ -146,22 +136,20 @@ def _measure_batch(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'rows':>6} {'ORT score':>10} | {'per-sample srv':>14} {'(loop)':>8} {'cli':>9} {'bytes':>8} | "
+        f"{'rows':>6} {'ORT score':>10} | {'per-sample srv':>14} {'cli':>9} {'bytes':>8} | "
         f"{'columnar srv':>12} {'cli':>7} {'bytes':>8} | {'packed fill':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['rows']:>6} {r['score_us']:>10.1f} | {r['per_sample_server_us']:>14.1f} "
-            f"{r['per_sample_loop_server_us']:>8.1f} "
             f"{r['per_sample_client_us']:>9.1f} {r['per_sample_bytes']:>8} | "
             f"{r['columnar_server_us']:>12.1f} {r['columnar_client_us']:>7.1f} {r['columnar_bytes']:>8} | "
             f"{r['packed_repeated_fill_us']:>11.1f}"
         )
     lines.append(
         "CPU microseconds per response, best of the repeats; srv = convert.score_response + "
-        "SerializeToString ((loop): the per-row message loop used before results were written as bytes),\n"
-        "cli = parse + scores as numpy; packed fill = the four columns as packed "
+        "SerializeToString, cli = parse + scores as numpy;\npacked fill = the four columns as packed "
         "repeated fields filled from numpy (the form ColumnarResults did not take)"
     )
     return "\n".join(lines)

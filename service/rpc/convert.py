@@ -6,7 +6,6 @@ No sockets, no servicer context: unit-tested directly. Width and NaN/Inf checks 
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
@@ -228,10 +227,6 @@ def _append_results(
     )
     fe_rows = fe.tolist() if request.feature_errors and fe is not None else None
     if top is None and fe_rows is None:
-        wire = plain_results_wire(batch, names) if len(batch.score) >= WIRE_RESULTS_MIN_ROWS else None
-        if wire is not None:  # the same messages, parsed in C from bytes numpy wrote
-            response.MergeFromString(wire)
-            return
         for score, normalized, level in columns:
             r = add()
             r.score = score
@@ -253,76 +248,6 @@ def _append_results(
                 add_feature(name=name, error=error, share=share)
         if fe_rows is not None:
             r.feature_errors.extend(fe_rows[i])
-
-
-#: From this many rows, plain per-sample results are written as bytes (:func:`plain_results_wire`);
-#: below it numpy's fixed cost per call exceeds the per-row loop's (docs/benchmarks.md).
-WIRE_RESULTS_MIN_ROWS = 32
-
-#: ``ScoreResponse.results`` (field 3, length-delimited) and SampleResult's fields 1-4 on the wire.
-_RESULTS_TAG, _SCORE_TAG, _NORMALIZED_TAG, _ANOMALY_TAG, _SEVERITY_TAG = 0x1A, 0x0D, 0x15, 0x18, 0x22
-
-
-def _overlong_varint(value: int, width: int) -> bytes:
-    """``value`` as a varint of exactly ``width`` bytes (continuation bits on zero-valued groups):
-    every protobuf parser reads it as ``value``; only its length differs from the shortest form."""
-    out = bytearray()
-    for i in range(width):
-        group = (value >> (7 * i)) & 0x7F
-        out.append(group | (0x80 if i < width - 1 else 0))
-    if value >> (7 * width):
-        raise ValueError(f"{value} does not fit a {width}-byte varint")
-    return bytes(out)
-
-
-@functools.lru_cache(maxsize=64)
-def _result_tails(names: tuple[str, ...]) -> tuple[int, np.ndarray] | None:
-    """Per severity level, the bytes after a result's two floats (is_anomaly, severity), all of one
-    length: beside a shorter name, is_anomaly's value is written as a longer varint.
-
-    ``(record body length, [levels, tail bytes])``, or ``None`` when the names differ in length by
-    more than such a varint can pad (9 bytes)."""
-    encoded = [n.encode() for n in names]
-    longest = max(len(n) for n in encoded)
-    if longest - min(len(n) for n in encoded) > 9 or longest > 100:
-        return None
-    # The padding goes into is_anomaly's value (upb reads varints of up to 10 bytes there, but
-    # refuses a length prefix of over 5).
-    tails = [
-        bytes([_ANOMALY_TAG])
-        + _overlong_varint(1 if level else 0, 1 + longest - len(name))
-        + bytes([_SEVERITY_TAG, len(name)])
-        + name
-        for level, name in enumerate(encoded)
-    ]
-    table = np.frombuffer(b"".join(tails), dtype=np.uint8).reshape(len(tails), -1)
-    return 10 + table.shape[1], table
-
-
-def plain_results_wire(batch: ScoreBatch, names: tuple[str, ...]) -> bytes | None:
-    """``ScoreResponse.results`` for plain per-sample results (score, normalized score, is_anomaly,
-    severity) as wire bytes, written by numpy with no per-row Python work; ``None`` when the
-    severity names cannot share one record length (the caller then builds messages one by one).
-
-    Every record has the same length, so the batch is one ``[rows, record]`` byte matrix. The bytes
-    are not the canonical encoding (explicit ``is_anomaly = false``, padded varints); parsing them
-    into the response (``MergeFromString``, in C) gives exactly the messages the per-row loop builds,
-    and the response is serialized canonically as before.
-    """
-    layout = _result_tails(names)
-    if layout is None:
-        return None
-    body, tails = layout
-    n = len(batch.score)
-    record = np.empty((n, 2 + body), dtype=np.uint8)
-    record[:, 0] = _RESULTS_TAG
-    record[:, 1] = body
-    record[:, 2] = _SCORE_TAG
-    record[:, 3:7] = np.ascontiguousarray(batch.score, dtype="<f4").view(np.uint8).reshape(n, 4)
-    record[:, 7] = _NORMALIZED_TAG
-    record[:, 8:12] = np.ascontiguousarray(batch.normalized_score, dtype="<f4").view(np.uint8).reshape(n, 4)
-    record[:, 12:] = tails[batch.severity_level]
-    return record.tobytes()
 
 
 def error_response(request_id: str, code: int, message: str) -> pb.ScoreResponse:
