@@ -32,7 +32,7 @@ def test_entries_build_their_network(name):
     entry = ARCHITECTURES[name]
     assert entry.name == name
     network = entry.build((6,), FitConfig(hidden=[8], coding_size=2, activation="tanh"))
-    assert network.sizes == [6, 8, 2]
+    assert network.sizes == [entry.input_width(6), 8, 2]
 
 
 def test_no_module_branches_on_a_kind():

@@ -16,11 +16,12 @@ from service.cli import main
 from service.errors import DataError, InvalidInputError
 from service.scorer import Scorer
 from service.windows import WindowBuilder
+from training.api import train_windowed
 from training.cli.evaluate import evaluate_file
+from training.data.samples import RowContext
 from training.data.window_splits import blocked_folds, shares_rows, train_validation
-from training.data.windows import AUTO_MAX_WINDOW, AUTO_MIN_WINDOW, RowContext
+from training.data.windows import AUTO_MAX_WINDOW, AUTO_MIN_WINDOW, WindowOptions
 from training.fitting.fit import FitConfig
-from training.fitting.window import WindowOptions, train_windowed
 from training.result import TrainOptions
 
 QUICK = TrainOptions(fit=FitConfig(max_epochs=4, patience=2, min_epochs=1, hidden=[8]), name="w")
@@ -97,7 +98,8 @@ def test_gaps_restart_the_window_in_training(small_model):
     assert meta.window["step"] == 60.0
     # Two runs of 200 rows: each loses its first W - 1 rows to warm-up.
     assert meta.training["windows"] == 400 - 2 * 7
-    assert result.rows.ends.min() == 7 and 200 + 7 in result.rows.ends and 200 + 6 not in result.rows.ends
+    # The rows came in time order, so each window's score belongs to the input row it ends at.
+    assert result.rows.min() == 7 and 200 + 7 in result.rows and 200 + 6 not in result.rows
 
 
 def test_windowed_model_loads_in_the_scorer_and_scores_windows(small_model):
@@ -132,7 +134,8 @@ def test_unsorted_rows_are_sorted_by_time(tmp_path, small_model):
         window=WindowOptions(8), options=QUICK,
     )  # fmt: skip
     assert again.metadata.window["rows_sorted"] is True and result.metadata.window["rows_sorted"] is False
-    np.testing.assert_array_equal(again.rows.x, result.rows.x)
+    np.testing.assert_array_equal(again.x, result.x)  # the same windows, in time order
+    np.testing.assert_array_equal(shuffle[again.rows], result.rows)
     np.testing.assert_allclose(again.scores, result.scores, rtol=1e-6)
 
 

@@ -8,23 +8,22 @@ over to :func:`train_semi_supervised` (few labels: pretrain, then an anomaly hea
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from service.errors import InvalidInputError
-from training.data.folds import CrossFitPlan
 from training.data.samples import RowContext
-from training.data.splits import Splits
+from training.data.windows import WindowOptions
 from training.fitting import semi
 from training.fitting.crossfit import CrossFitResult, crossfit
 from training.fitting.fit import EpochCallback, FitResult, fit_ensemble
 from training.models.semi import FineTuneConfig
 from training.pipeline import (
     Outcome,
-    Run,
     architecture_section,
     build_graph,
     calibrate_and_evaluate,
@@ -37,7 +36,8 @@ from training.pipeline import (
     set_threads,
     training_rows,
 )
-from training.result import TrainOptions, TrainResult
+from training.registry import WINDOWED
+from training.result import FitRequest, Fitted, TrainOptions, TrainResult
 
 __all__ = [
     "TrainOptions",
@@ -49,6 +49,7 @@ __all__ = [
     "set_threads",
     "train_model",
     "train_semi_supervised",
+    "train_windowed",
 ]
 
 
@@ -98,56 +99,88 @@ def train_model(
             on_epoch=on_epoch, on_fit_end=on_fit_end,
         )  # fmt: skip
     run = prepare(x, feature_names, labels, options, context=context)
-    sx, y, config = run.samples.x, run.samples.labels, run.config
+    y = run.samples.labels
     splits, plan = run.arch.split(run.split_request())
-    train_rows = training_rows(splits.train, config.seed)
-    member_fits, cross = _fit(run, splits, plan, train_rows, on_epoch)
+    fitted = (run.arch.fit or fit_rows)(run.fit_request(splits, plan, on_epoch))
+    member_fits = fitted.member_fits
     if on_fit_end is not None:
         on_fit_end(member_fits[0])
-    graph = build_graph(member_fits)
-    # Cross-fitted: every sample's score comes from networks that never trained on it.
-    scores = cross.scores if cross is not None else graph_scores(graph, sx)
     ev = splits.evaluation
     tune_labels, eval_labels = (None, None) if y is None else (y[splits.tuning], y[ev])
-    thresholds, evaluation = calibrate_and_evaluate(run, scores, splits, tune_labels, eval_labels)
-    normal_eval = ev if y is None else ev[y[ev] == 0]
-    probe = normal_eval if len(normal_eval) >= 2 else splits.calibration
-    evaluation["identity_check"] = check_identity(partial(graph_scores, graph), sx[probe], config.seed)
-    architecture = architecture_section(run, member_fits, member_fits[0].error_whitening is not None)
+    thresholds, evaluation = calibrate_and_evaluate(run, fitted.scores, splits, tune_labels, eval_labels)
+    evaluation.update(fitted.evaluation)
+    whitened = member_fits[0].error_whitening is not None
+    architecture = {**architecture_section(run, member_fits, whitened), **fitted.architecture}
     training = {
         "labelled": y is not None,
         "anomalies_in_data": int(y.sum()) if y is not None else None,
         "contaminated": options.contaminated,
-        "split_rows": {**splits.counts(), "train_used": len(train_rows)},
-        "crossfit": cross.describe() if cross is not None else None,
+        **fitted.training,
     }
+    decided_by: dict[str, Any] = {"contaminated": options.contaminated}
+    if run.samples.window:  # how samples span rows decides the model too
+        decided_by["window"] = run.samples.window
     outcome = Outcome(
-        graph, member_fits, splits, scores, thresholds, evaluation, architecture, training,
-        decided_by={"contaminated": options.contaminated}, labels=y,
+        fitted.graph, member_fits, splits, fitted.scores, thresholds, evaluation, architecture, training,
+        decided_by=decided_by, labels=y,
     )  # fmt: skip
     return finish(run, outcome, out_path)
 
 
-def _fit(
-    run: Run,
-    splits: Splits,
-    plan: CrossFitPlan | None,
-    train_rows: np.ndarray,
-    on_epoch: EpochCallback | None,
-) -> tuple[list[FitResult], CrossFitResult | None]:
+def fit_rows(request: FitRequest) -> Fitted:
+    """The row-wise fit (an architecture's default ``fit``): the ensemble on the training rows (cross-fitted
+    when there is a plan), wrapped with the scaler and the ``[d, d]`` whitening into a
+    :class:`~training.models.ae.ScoringGraph`, and its identity check."""
+    sx, splits, config = request.samples.x, request.splits, request.config
+    train_rows = training_rows(splits.train, config.seed)
+    member_fits, cross = _fit(request, train_rows)
+    graph = build_graph(member_fits)
+    # Cross-fitted: every sample's score comes from networks that never trained on it.
+    scores = cross.scores if cross is not None else graph_scores(graph, sx)
+    y, ev = request.samples.labels, splits.evaluation
+    normal_eval = ev if y is None else ev[y[ev] == 0]
+    probe = normal_eval if len(normal_eval) >= 2 else splits.calibration
+    identity = check_identity(partial(graph_scores, graph), sx[probe], config.seed)
+    training = {
+        "split_rows": {**splits.counts(), "train_used": len(train_rows)},
+        "crossfit": cross.describe() if cross is not None else None,
+    }
+    return Fitted(graph, member_fits, scores, training, evaluation={"identity_check": identity})
+
+
+def _fit(request: FitRequest, train_rows: np.ndarray) -> tuple[list[FitResult], CrossFitResult | None]:
     """The served ensemble, cross-fitted when there is a plan (see :mod:`training.fitting.crossfit`)."""
+    sx, splits, plan = request.samples.x, request.splits, request.plan
     if plan is None:
-        sx = run.samples.x
-        build = run.arch.build
         return fit_ensemble(
-            sx[train_rows], sx[splits.validation], run.config, build=build, on_epoch=on_epoch
-        ), None
-    cross = crossfit(run.samples.x, plan, run.config, _score_fits, build=run.arch.build, on_epoch=on_epoch)
+            sx[train_rows], sx[splits.validation], request.config, build=request.build,
+            on_epoch=request.on_epoch,
+        ), None  # fmt: skip
+    cross = crossfit(sx, plan, request.config, _score_fits, build=request.build, on_epoch=request.on_epoch)
     return cross.final, cross
 
 
 def _score_fits(fits: list[FitResult], rows: np.ndarray) -> np.ndarray:
     return graph_scores(build_graph(fits), rows)
+
+
+def train_windowed(
+    x: np.ndarray,
+    feature_names: list[str],
+    out_path: str | Path | None,
+    *,
+    labels: np.ndarray | None = None,
+    context: RowContext | None = None,
+    window: WindowOptions | None = None,
+    options: TrainOptions | None = None,
+) -> TrainResult:
+    """:func:`train_model` with the windowed entry (`aeguard train --window`): ``window`` is W (or
+    ``auto``) and the gap rule, ``context`` the rows' time and series (docs/windows.md)."""
+    options = options or TrainOptions()
+    window = window or WindowOptions()
+    context = replace(context or RowContext(), window=window.size, max_gap=window.max_gap)
+    options = replace(options, fit=replace(options.fit, architecture=WINDOWED))
+    return train_model(x, feature_names, out_path, labels=labels, options=options, context=context)
 
 
 def train_semi_supervised(

@@ -29,14 +29,15 @@ from service.errors import InvalidInputError
 from training import defaults
 from training.calibration import thresholds as calibrate
 from training.calibration.evaluate import detection_metrics, identity_check
+from training.data.folds import CrossFitPlan
 from training.data.samples import RowContext, Samples, SplitRequest
 from training.data.splits import Splits, cap_train_rows
 from training.data.tables import check_matrix
 from training.export.onnx import EXPORTER, check_parity, to_onnx, write_model
-from training.fitting.fit import FitConfig, FitResult, fit_summary
+from training.fitting.fit import EpochCallback, FitConfig, FitResult, fit_summary
 from training.models.ae import ScoringGraph
 from training.registry import Architecture, architecture
-from training.result import TrainOptions, TrainResult
+from training.result import FitRequest, TrainOptions, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,14 @@ class Run:
         return SplitRequest(
             n_samples=self.samples.x.shape[0], labels=self.samples.labels, seed=self.config.seed,
             folds=self.options.crossfit_folds, contaminated=self.options.contaminated, tune_anomalies=tune,
+            detail=self.samples.detail,
         )  # fmt: skip
+
+    def fit_request(
+        self, splits: Splits, plan: CrossFitPlan | None, on_epoch: EpochCallback | None
+    ) -> FitRequest:
+        """What the architecture's ``fit`` hook needs for this run."""
+        return FitRequest(self.samples, splits, plan, self.config, self.options, self.arch.build, on_epoch)
 
 
 def prepare(
@@ -78,8 +86,8 @@ def prepare(
     started = time.perf_counter()
     x, labels = check_matrix(x, feature_names, labels, allow_unlabelled=allow_unlabelled)
     specs = calibrate.parse_threshold_specs(options.thresholds)
-    config = resolve_fit_config(x.shape[1], options.fit, options.allow_overcomplete)
-    arch = architecture(config.architecture)
+    arch = architecture(options.fit.architecture)
+    config = resolve_fit_config(arch.input_width(x.shape[1]), options.fit, options.allow_overcomplete)
     samples = arch.samples(x, labels, context or RowContext())
     set_threads()
     return Run(x, list(feature_names), samples, specs, config, arch, options, started)
@@ -352,6 +360,7 @@ def finish(run: Run, outcome: Outcome, out_path: str | Path | None) -> TrainResu
         fit_seed=config.seed,
         member_fits=list(outcome.member_fits),
         architecture=run.arch.name,
+        rows=run.samples.rows,
     )
     if out_path is not None:
         export_model(result, out_path)
@@ -363,7 +372,10 @@ def _parity_batch(x: np.ndarray, splits: Splits, seed: int) -> np.ndarray:
     rows = np.concatenate([splits.calibration[:200], splits.evaluation[-56:]])
     real = x[rows]
     noise = real.mean(axis=0) + 3 * real.std(axis=0) * rng.standard_normal((8, *x.shape[1:]))
-    return np.concatenate([real, noise.astype(np.float32)]).astype(np.float32)
+    parts = [real, noise.astype(np.float32)]
+    if x.ndim > 2:  # samples of several rows: also one whose rows all repeat its last (a stuck sensor)
+        parts.append(np.repeat(real[:1, -1:], x.shape[1], axis=1))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def export_model(result: TrainResult, out_path: str | Path) -> Path:

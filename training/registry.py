@@ -19,22 +19,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.errors import InvalidInputError
+from training import defaults
 from training.data.samples import SampleBuilder, Splitter, row_samples, row_splits
+from training.data.window_splits import window_splits
+from training.data.windows import window_samples
 
 if TYPE_CHECKING:
     from training.fitting.fit import FitConfig, NetworkBuilder
     from training.models.ae import Autoencoder, ScoringGraph
-    from training.result import TrainResult
+    from training.result import FitRequest, Fitted, TrainResult
 
 #: ``(graph, sample_shape, seed) -> (metadata_props, export_info)``: more than the scoring graph in
 #: the ONNX file (props under their own keys; the info lands under the export section's ``key``).
 ExportExtra = Callable[["ScoringGraph", tuple[int, ...], int], tuple[dict[str, str], dict[str, Any]]]
+#: ``FitRequest -> Fitted``: fits the network(s) and wraps them into the scoring graph that is
+#: exported, with one score per sample for calibration (``None``: the row-wise fit of
+#: :func:`training.api.fit_rows`, which reconstructs the input under a ``[d, d]`` whitening).
+Fitter = Callable[["FitRequest"], "Fitted"]
 #: ``(result, out_dir, pyplot) -> [(file, title, caption), ...]``: figures the report adds.
 ReportPanel = Callable[["TrainResult", Path, Any], list[tuple[str, str, str]]]
 
 
 def _no_fields(config: FitConfig) -> dict[str, Any]:
     return {}
+
+
+def _same_width(n_features: int) -> int:
+    return n_features
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,11 @@ class Architecture:
     samples: SampleBuilder = row_samples
     #: Samples to train / validation / calibration / tuning / evaluation (and cross-fitting folds).
     split: Splitter = row_splits
+    #: Fits the network(s) and wraps them into the scoring graph (``None``: the row-wise fit).
+    fit: Fitter | None = None
+    #: The network's input width for ``d`` features: the default hidden and coding sizes, and the
+    #: undercomplete check, are derived from it.
+    input_width: Callable[[int], int] = _same_width
 
 
 def _dense(sample_shape: tuple[int, ...], config: FitConfig) -> Autoencoder:
@@ -114,6 +130,38 @@ def _generation_panel(result: TrainResult, out: Path, plt: Any) -> list[tuple[st
     return generation_panel(result, out, plt)
 
 
+#: The windowed entry's name: `aeguard train --window` selects it.
+WINDOWED = "windowed"
+
+
+def _window_width(n_features: int) -> int:
+    from training.models.window import CHANNELS  # torch
+
+    return len(CHANNELS) * n_features
+
+
+def _windowed(sample_shape: tuple[int, ...], config: FitConfig) -> Autoencoder:
+    from training.models.ae import Autoencoder  # torch
+
+    assert config.hidden is not None and config.coding_size is not None
+    activation = defaults.activation_list(config.activation)[0]
+    return Autoencoder(
+        _window_width(sample_shape[-1]), config.hidden, config.coding_size, activation=activation
+    )
+
+
+def _windowed_fields(config: FitConfig) -> dict[str, Any]:
+    from training.models.window import CHANNELS  # torch
+
+    return {"channels": list(CHANNELS)}
+
+
+def _windowed_fit(request: FitRequest) -> Fitted:
+    from training.fitting.window import fit_windowed  # torch
+
+    return fit_windowed(request)
+
+
 #: Every architecture `aeguard train --architecture` knows, by name.
 ARCHITECTURES: dict[str, Architecture] = {
     "ae": Architecture(
@@ -135,6 +183,18 @@ ARCHITECTURES: dict[str, Architecture] = {
         loss_scale="linear",  # a negative ELBO can be below 0
         export_extras=(("generator", _generator),),
         report_panels=(_generation_panel,),
+    ),
+    WINDOWED: Architecture(
+        name=WINDOWED,
+        kind="windowed_autoencoder",
+        summary="windows of W consecutive rows per series (`--window W|auto`, which selects it); "
+        "docs/windows.md",
+        build=_windowed,
+        metadata_fields=_windowed_fields,
+        samples=window_samples,
+        split=window_splits,
+        fit=_windowed_fit,
+        input_width=_window_width,
     ),
 }
 

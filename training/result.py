@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from service.artifact import ModelMetadata
 from training import defaults
+from training.data.folds import CrossFitPlan
+from training.data.samples import Samples
 from training.data.splits import Splits
-from training.fitting.fit import FitConfig, FitResult
+from training.fitting.fit import EpochCallback, FitConfig, FitResult, NetworkBuilder
 from training.models.ae import ScoringGraph
 
 
@@ -60,6 +63,38 @@ class TrainOptions:
     semi_supervised: bool = False
 
 
+@dataclass(frozen=True)
+class FitRequest:
+    """What an architecture's ``fit`` hook is given: the samples, their splits, the settings."""
+
+    samples: Samples
+    splits: Splits
+    #: The row-wise cross-fitting plan, or ``None``.
+    plan: CrossFitPlan | None
+    config: FitConfig
+    options: TrainOptions
+    #: The architecture's ``build`` hook.
+    build: NetworkBuilder
+    on_epoch: EpochCallback | None = None
+
+
+@dataclass
+class Fitted:
+    """What an architecture's ``fit`` hook hands back: the served graph, its fits, a score per sample."""
+
+    #: The scoring graph that is exported (eval mode).
+    graph: torch.nn.Module
+    #: The served network(s), first one first: their learning curves go into the metadata.
+    member_fits: list[FitResult]
+    #: One score per sample for calibration and evaluation (out-of-fold when cross-fitted).
+    scores: np.ndarray
+    #: The metadata's ``training`` entries the fit adds (split sizes, cross-fitting).
+    training: dict[str, Any] = field(default_factory=dict)
+    #: Entries the fit adds to the evaluation (the identity check) and to the ``architecture`` section.
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class TrainResult:
     """What a training run produced, for the summary, the report and the detector."""
@@ -82,6 +117,8 @@ class TrainResult:
     member_fits: list[FitResult] = field(default_factory=list)
     #: The architecture's name in :data:`training.registry.ARCHITECTURES` (export extras, report panels).
     architecture: str = defaults.ARCHITECTURE
+    #: The input row each sample's score belongs to (``arange(n)`` for a row-wise kind).
+    rows: np.ndarray | None = None
 
     @property
     def evaluation(self) -> dict[str, Any]:

@@ -27,11 +27,11 @@ import numpy as np
 
 from service.scorer import Scorer
 from service.windows import WindowBuilder
-from training.api import train_model
+from training.api import train_model, train_windowed
 from training.builtin import DEFAULT_NAME, DEFAULT_SIMULATION
+from training.data.samples import RowContext
 from training.data.simulator import ANOMALY_KINDS, SimulatorConfig, simulate_telemetry
-from training.data.windows import RowContext
-from training.fitting.window import WindowOptions, parse_window, train_windowed
+from training.data.windows import WindowOptions, parse_window
 from training.result import TrainOptions
 
 #: The published leaderboard rows (SKAB's README, outlier detection): F1, FAR %, MAR %.

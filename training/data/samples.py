@@ -15,18 +15,27 @@ from typing import Any
 
 import numpy as np
 
+from service.windows import DEFAULT_MAX_GAP
 from training.data.folds import CrossFitPlan, plan_crossfit
 from training.data.splits import Splits, make_splits
 
 
 @dataclass(frozen=True)
 class RowContext:
-    """What the rows carry besides their feature values: per-row time and series, when known."""
+    """What the rows carry besides their feature values: per-row time and series, when known, and
+    (for a windowed kind) how to window them. A row-wise kind reads none of it."""
 
     #: Per-row time in seconds (float), or ``None`` (rows are in order).
     time: np.ndarray | None = None
     #: Per-row series name, or ``None`` (one series).
     series: np.ndarray | None = None
+    #: The columns ``time`` and ``series`` came from (recorded in a windowed model's metadata).
+    time_column: str | None = None
+    series_column: str | None = None
+    #: A windowed kind's W (``--window``): a number of rows, or ``"auto"`` (chosen from the data).
+    window: int | str = "auto"
+    #: A windowed kind's gap rule: a jump of more than this many usual steps restarts the window.
+    max_gap: float = DEFAULT_MAX_GAP
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class Samples:
     #: The metadata's ``window`` section describing how samples were built (``{}``: each row alone;
     #: a windowed kind: ``size``, ``step``, ``max_gap``, ``time_column``, ``series_column``).
     window: dict[str, Any] = field(default_factory=dict)
+    #: The architecture's own view of the samples, for its split and fit hooks (a windowed kind: the
+    #: time-ordered rows and where each window ends); ``None`` for a row-wise kind.
+    detail: Any = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class SplitRequest:
     folds: int
     contaminated: bool
     tune_anomalies: bool
+    #: :attr:`Samples.detail`.
+    detail: Any = None
 
 
 #: ``(rows [n, d], labels, context) -> Samples``.

@@ -14,6 +14,9 @@ import numpy as np
 
 from service.errors import DataError
 from training import defaults
+from training.data.folds import CrossFitPlan
+from training.data.samples import SplitRequest
+from training.data.splits import Splits
 
 #: Fewest training windows a fit accepts.
 MIN_WINDOWS = 10
@@ -87,3 +90,14 @@ def blocked_folds(ends: np.ndarray, trainable: np.ndarray, window: int, folds: i
 def shares_rows(ends: np.ndarray, a: np.ndarray, b: np.ndarray, window: int) -> bool:
     """Whether any window of ``a`` shares a row with a window of ``b`` (both index ``ends``)."""
     return bool(conflicts(ends[a], ends[b], window).any())
+
+
+def window_splits(request: SplitRequest) -> tuple[Splits, CrossFitPlan | None]:
+    """The windowed kind's ``split`` hook. Every window is scored out-of-fold by time-blocked folds
+    (:func:`blocked_folds`, in the kind's fit), so the all-normal windows (every window when
+    contaminated) train and calibrate, and every window tunes and evaluates; ``validation`` is
+    empty here (each fold takes the last tenth of its own training windows)."""
+    rows = request.detail
+    trainable = np.ones(len(rows.ends), dtype=bool) if request.contaminated else rows.all_normal()
+    normal, every = np.flatnonzero(trainable), np.arange(len(rows.ends))
+    return Splits(normal, np.zeros(0, dtype=np.int64), normal, every, every), None

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from service.errors import DataError, InvalidInputError
-from service.windows import WindowBuilder, WindowSpec
+from service.windows import DEFAULT_MAX_GAP, WindowBuilder, WindowSpec
+from training.data.samples import RowContext, Samples
 from training.data.tables import _read_table
+from training.data.window_splits import MIN_WINDOWS
 
 #: ``--window auto`` keeps W within these bounds (see :func:`choose_window`).
 AUTO_MIN_WINDOW = 8
@@ -24,16 +26,6 @@ AUTO_MAX_WINDOW = 32
 AUTO_ACF_LEVEL = 0.5
 #: The largest W a user may ask for.
 MAX_WINDOW = 512
-
-
-@dataclass(frozen=True)
-class RowContext:
-    """Per-row time (seconds) and series key, when the data has them."""
-
-    times: np.ndarray | None = None
-    series: np.ndarray | None = None
-    time_column: str | None = None
-    series_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +117,8 @@ def time_order(n: int, context: RowContext) -> tuple[np.ndarray, bool]:
     """A stable order of the rows by (series in order of first appearance, time); and whether the
     input was already in that order."""
     keys = []
-    if context.times is not None:
-        keys.append(context.times)
+    if context.time is not None:
+        keys.append(context.time)
     if context.series is not None:
         _, first, inverse = np.unique(context.series, return_index=True, return_inverse=True)
         rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")
@@ -154,7 +146,7 @@ def score_rows(scorer: Any, x: np.ndarray, context: RowContext) -> tuple[np.ndar
     ``(score [n] with NaN for warm-up rows, severity level [n] with 0 for them, gaps found)``."""
     spec = scorer.window
     order, _ = time_order(x.shape[0], context)
-    times = None if context.times is None else context.times[order]
+    times = None if context.time is None else context.time[order]
     series = None if context.series is None else context.series[order]
     built = WindowBuilder(spec, x.shape[1]).add(x[order], series=series, times=times)
     score = np.full(x.shape[0], np.nan, dtype=np.float32)
@@ -173,3 +165,126 @@ def model_context(path: str | Path, spec: WindowSpec, source: str) -> RowContext
     if Path(path).suffix.lower() == ".npz":
         return RowContext()
     return load_context(path, spec.time_column, spec.series_column)
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """``--window``, ``--time-column``, ``--series-column`` and the gap rule."""
+
+    size: int | str = "auto"
+    max_gap: float = DEFAULT_MAX_GAP
+
+
+def parse_window(text: str) -> int | str:
+    """``--window``: a number of steps >= 2, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        w = int(text)
+    except ValueError:
+        raise InvalidInputError(f"--window must be a number of steps >= 2 or 'auto', got {text!r}") from None
+    if not 2 <= w <= MAX_WINDOW:
+        raise InvalidInputError(f"--window must be between 2 and {MAX_WINDOW} steps, got {w}")
+    return w
+
+
+def choose_window(x: np.ndarray, run_starts: np.ndarray) -> tuple[int, dict[str, Any]]:
+    """``--window auto``: per feature, the first lag at which the autocorrelation of its values
+    (within the longest run) falls below :data:`AUTO_ACF_LEVEL`; W is the median over features,
+    kept within [:data:`AUTO_MIN_WINDOW`, :data:`AUTO_MAX_WINDOW`] and below half the run."""
+    bounds = [*run_starts.tolist(), len(x)]
+    lengths = np.diff(bounds)
+    i = int(np.argmax(lengths))
+    run = x[bounds[i] : bounds[i + 1]].astype(np.float64)
+    top = max(2, min(AUTO_MAX_WINDOW, len(run) // 2))
+    lags = []
+    for j in range(run.shape[1]):
+        v = run[:, j] - run[:, j].mean()
+        denom = float((v * v).sum())
+        if denom <= 0:
+            continue
+        lag = top
+        for k in range(1, top + 1):
+            if float((v[:-k] * v[k:]).sum()) / denom < AUTO_ACF_LEVEL:
+                lag = k
+                break
+        lags.append(lag)
+    w = int(np.clip(round(float(np.median(lags))) if lags else AUTO_MIN_WINDOW, AUTO_MIN_WINDOW, top))
+    w = max(2, min(w, top))
+    info = {
+        "rule": f"median over features of the first lag where the autocorrelation < {AUTO_ACF_LEVEL}, "
+        f"within [{AUTO_MIN_WINDOW}, {AUTO_MAX_WINDOW}] and at most half the longest run",
+        "lags": lags,
+        "run_rows": int(lengths[i]),
+    }
+    return w, info
+
+
+def window_rows(x: np.ndarray, labels: np.ndarray | None, context: RowContext) -> WindowedRows:
+    """Sort the rows by (series, time), choose W when ``context.window`` is ``auto``, and build every
+    window (a jump of more than ``context.max_gap`` usual steps restarts it)."""
+    n = x.shape[0]
+    order, was_sorted = time_order(n, context)
+    xs = np.ascontiguousarray(x[order], dtype=np.float32)
+    ys = None if labels is None else labels[order]
+    times = None if context.time is None else context.time[order]
+    series = None if context.series is None else context.series[order]
+    if times is not None and series is None and len(times) > 1 and not (np.diff(times) > 0).all():
+        dup = int((np.diff(times) == 0).sum())
+        if dup:
+            raise DataError(
+                f"{dup} row(s) share a time with the row before; give --series-column if the file "
+                "holds several series, or remove the duplicates"
+            )
+    step = usual_step(times, series)
+    probe = WindowSpec(size=2, step=step, max_gap=context.max_gap)
+    starts = _run_starts(n, times, series, probe)
+    info: dict[str, Any] = {}
+    if context.window == "auto":
+        size, info = choose_window(xs, np.flatnonzero(starts))
+    else:
+        size = int(context.window)
+    spec = WindowSpec(size, step, context.max_gap, context.time_column, context.series_column)
+    built = WindowBuilder(spec, xs.shape[1]).add(xs, series=series, times=times)
+    if len(built.rows) < 2 * MIN_WINDOWS:
+        raise DataError(
+            f"windows of {size} rows leave {len(built.rows)} samples from {n} rows "
+            f"({built.gaps} gap(s)); give more rows or a smaller --window"
+        )
+    n_series = 1 if series is None else len(np.unique(series))
+    return WindowedRows(
+        xs, ys, order, spec, built.samples, built.rows, built.gaps, n_series, was_sorted, info
+    )
+
+
+def _run_starts(n: int, times: np.ndarray | None, series: np.ndarray | None, spec: WindowSpec) -> np.ndarray:
+    """``[n]`` bool: True where a run of consecutive rows begins (a new series, or after a gap)."""
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    if series is not None:
+        starts[1:] |= series[1:] != series[:-1]
+    if times is not None and spec.gap_s is not None:
+        starts[1:] |= np.diff(times) > spec.gap_s
+    return starts
+
+
+def window_samples(x: np.ndarray, labels: np.ndarray | None, context: RowContext) -> Samples:
+    """The windowed kind's ``samples`` hook: one sample per window ``[m, W, d]``, labelled by its
+    last row, whose input row its score belongs to; the metadata's ``window`` section."""
+    rows = window_rows(x, labels, context)
+    spec = rows.spec
+    window: dict[str, Any] = {
+        "size": spec.size,
+        "time_column": spec.time_column,
+        "series_column": spec.series_column,
+        "step": spec.step,
+        "max_gap": spec.max_gap,
+        "chosen_by": "auto" if rows.info else "user",
+        "gaps": rows.gaps,
+        "series": rows.n_series,
+        "rows_sorted": not rows.was_sorted,
+        **({"auto": rows.info} if rows.info else {}),
+    }
+    if spec.step is None:
+        del window["step"]
+    return Samples(rows.samples, rows.window_labels(), rows.order[rows.ends], window, detail=rows)
