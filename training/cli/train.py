@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.errors import InvalidInputError
 from training import defaults
-from training.registry import ARCHITECTURES
+from training.registry import ARCHITECTURES, WINDOWED
 
 if TYPE_CHECKING:
     from training.data.samples import RowContext
@@ -239,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     _check_args(args)
+    if args.architecture == WINDOWED and args.window is None:
+        args.window = "auto"  # `--architecture windowed` is `--window auto`
     if args.window is not None or args.time_column or args.series_column:
         from training.cli.window import run_windowed
 
