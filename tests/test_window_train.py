@@ -22,6 +22,8 @@ from training.data.samples import RowContext
 from training.data.window_splits import blocked_folds, shares_rows, train_validation
 from training.data.windows import AUTO_MAX_WINDOW, AUTO_MIN_WINDOW, WindowOptions
 from training.fitting.fit import FitConfig
+from training.pipeline import fingerprint
+from training.registry import ARCHITECTURES, WINDOWED
 from training.result import TrainOptions
 
 QUICK = TrainOptions(fit=FitConfig(max_epochs=4, patience=2, min_epochs=1, hidden=[8]), name="w")
@@ -89,6 +91,23 @@ def test_exported_graph_equals_torch_on_windows(small_model):
     assert codes.shape == (len(windows), result.metadata.coding_size)
     assert rec.shape == (len(windows), 2)
     assert result.metadata.export["parity_worst_fraction_of_tolerance"] <= 1.0
+
+
+def test_the_windowed_kind_trains_through_the_pipeline(small_model):
+    """A registry entry: the pipeline's shared steps wrote its metadata (fingerprint of the rows as
+    given, library versions, version hash), with the entry's own graph, fields and cross-fitting."""
+    result, x, _ = small_model
+    meta = result.metadata
+    assert result.architecture == WINDOWED and ARCHITECTURES[WINDOWED].fit is not None
+    assert meta.architecture["kind"] == ARCHITECTURES[WINDOWED].kind
+    assert meta.architecture["channels"] == ["value", "stillness", "log_level"]
+    assert (
+        meta.architecture["layer_sizes"][0] == 3 * 2 and meta.coding_size == meta.architecture["coding_size"]
+    )
+    assert meta.training["fingerprint_sha256"] == fingerprint(x, ["a", "b"])
+    assert meta.versions["torch"] == torch.__version__ and meta.created_at and len(meta.version) == 12
+    assert meta.training["crossfit"]["folds"] >= 2 and meta.evaluation["split"].startswith("every window")
+    assert len(result.scores) == len(result.x) == meta.training["windows"]
 
 
 def test_gaps_restart_the_window_in_training(small_model):

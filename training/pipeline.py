@@ -3,7 +3,8 @@
 :func:`training.api.train_model` and :func:`training.api.train_semi_supervised` are short drivers
 that call these steps in order; what differs per network kind comes from the architecture's entry
 in :data:`training.registry.ARCHITECTURES` (network, metadata fields, export extras, report
-panels, samples and splits), so no step branches on a kind.
+panels, samples, splits, and the fit that wraps the network into its scoring graph), so no step
+branches on a kind.
 """
 
 from __future__ import annotations

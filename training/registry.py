@@ -3,8 +3,9 @@
 The pipeline (:mod:`training.pipeline`), the CLI, the detector, the export and the report look an
 architecture up here and never branch on its name. An entry says how to build the network, what
 it adds to the model's metadata, what it exports besides the scoring graph, which report panels
-it draws, and how rows become samples and samples become splits (row-wise unless it says
-otherwise). Adding an architecture is one module under ``training/models/`` and one entry in
+it draws, how rows become samples and samples become splits, and how the network is fitted and
+wrapped into its scoring graph (row-wise unless it says otherwise: the windowed entry says
+otherwise for all three). Adding an architecture is one module under ``training/models/`` and one entry in
 :data:`ARCHITECTURES` (docs/architectures.md lists the files).
 
 Importing this module loads no torch (the CLI reads the names and summaries for its help), so the
