@@ -65,10 +65,15 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
-def process_name(pid: int) -> str:
-    """The process's command line, shortened, for tables."""
+def command_line(pid: int) -> str:
+    """The process's whole command line ("?" for one that is gone)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
-    return " ".join(a.decode(errors="replace") for a in argv if a)[:80]
+    return " ".join(a.decode(errors="replace") for a in argv if a)
+
+
+def process_name(pid: int) -> str:
+    """The process's command line, shortened, for tables."""
+    return command_line(pid)[:80]

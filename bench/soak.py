@@ -128,8 +128,8 @@ def sample_times(start_at: float, duration_s: float, every_s: float) -> list[flo
 def _role(pid: int, root: int) -> str:
     if pid == root:
         return "supervisor"
-    name = procs.process_name(pid)
-    return "resource tracker" if "resource_tracker" in name else "worker"
+    # The whole command line: shortened, a long venv path pushes the module's name out of it.
+    return "resource tracker" if "resource_tracker" in procs.command_line(pid) else "worker"
 
 
 def _sample(server: ServerProcess, series: dict[int, Series], t: float) -> None:
