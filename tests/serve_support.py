@@ -87,6 +87,18 @@ def start_serve(*args: str, env: dict[str, str] | None = None, timeout_s: float 
     raise RuntimeError(f"server not ready within {timeout_s} s: {''.join(lines)}")
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> int:
+    """SIGTERM the process by its PID and wait; SIGKILL if it does not stop. Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+    return int(proc.returncode)
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     text = opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import math
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from serve_support import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -80,18 +80,6 @@ def need(binary: str) -> str:
     path = shutil.which(binary)
     assert path, f"{binary} is not installed (.ci/run installs the Debian package)"
     return path
-
-
-def stop(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> int:
-    """SIGTERM the process by its PID and wait; SIGKILL if it does not stop. Returns its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
-    return int(proc.returncode)
 
 
 def http_get(url: str, timeout_s: float = 5.0) -> bytes:
@@ -311,7 +299,7 @@ def stack(
         if thread is not None:
             thread.join(timeout=30)
         for proc in reversed(procs):
-            stop(proc)
+            stop_process(proc)
 
 
 # -- tests -----------------------------------------------------------------------------------------
@@ -412,4 +400,4 @@ def test_alert_fires_on_an_anomaly_burst_and_every_panel_has_data(stack: Stack) 
 
     # 6. The server drains and exits cleanly on SIGTERM.
     traffic.stopped.set()
-    assert stop(stack.server) == 0, (stack.logs / "server.log").read_text()[-2000:]
+    assert stop_process(stack.server) == 0, (stack.logs / "server.log").read_text()[-2000:]

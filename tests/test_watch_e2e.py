@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from serve_support import stop_process
 from watch_support import backfill, free_port, start_prometheus, wait_ready, write_openmetrics
 
 from training.data.simulator import FEATURES, SimulatorConfig, simulate_telemetry
@@ -97,17 +97,6 @@ def _get(url: str, params: dict[str, str]) -> list[dict]:
         doc = json.loads(resp.read())
     assert doc["status"] == "success", doc
     return list(doc["data"]["result"])
-
-
-def _stop(proc: subprocess.Popen, timeout_s: float = 20) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
 
 
 def test_train_and_watch_against_real_prometheus(tmp_path: Path) -> None:
@@ -207,10 +196,10 @@ def test_train_and_watch_against_real_prometheus(tmp_path: Path) -> None:
         _check_watch_panels(query)
         _restart_prometheus(prom, procs, tmp_path, data_dir, prom_port, log, watch, watch_port)
         assert watch.poll() is None
-        assert _stop(watch) == 0
+        assert stop_process(watch) == 0
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         exporter.shutdown()
         exporter.server_close()
 
@@ -307,7 +296,7 @@ def _restart_prometheus(prom, procs, tmp_path, data_dir, port, log, watch, watch
         return sum(s.value for s in fams["aeguard_watch_model_failures"].samples if s.name.endswith("_total"))
 
     assert failures() == 0
-    assert _stop(prom) == 0
+    assert stop_process(prom) == 0
     procs.remove(prom)
     _wait("watch to count Prometheus failures", lambda: failures() >= 2, timeout_s=60)
     assert watch.poll() is None, "watch died while Prometheus was down"
