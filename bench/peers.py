@@ -156,10 +156,7 @@ def run_peers_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) -> 
             pool.close()
             stop_sides(sides)
     rows = build_rows(WORKLOADS, sides, rounds)
-    print()
-    print(report.format_tables(rows, [(s.key, s.label) for s in sides]))
-    if errors := report.format_errors(rows, [(s.key, s.label) for s in sides]):
-        print(errors)
+    report.print_tables(rows, [(s.key, s.label) for s in sides])
     verdicts = [v for v in targets.serving_targets(rows) if v["value"] is not None]
     print()
     print(targets.format_targets(verdicts))

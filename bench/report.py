@@ -127,6 +127,14 @@ def format_errors(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> s
     return "\n".join(lines)
 
 
+def print_tables(rows: list[dict[str, Any]], sides: list[tuple[str, str]]) -> None:
+    """Print the figure tables after a blank line, then the cells that saw failed calls, if any."""
+    print()
+    print(format_tables(rows, sides))
+    if errors := format_errors(rows, sides):
+        print(errors)
+
+
 def write_json(doc: dict[str, Any], out_dir: Path, stamp: str) -> Path:
     """Write ``doc`` as ``bench-<stamp>.json`` and ``latest.json``; return the first path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -283,10 +283,7 @@ def run_server_bench(model: Path, args: argparse.Namespace, *, log_dir: Path) ->
         pool.close()
         stop_sides(sides)
     rows = build_rows(workload_list, sides, rounds)
-    print()
-    print(report.format_tables(rows, [(s.key, s.label) for s in sides]))
-    if errors := report.format_errors(rows, [(s.key, s.label) for s in sides]):
-        print(errors)
+    report.print_tables(rows, [(s.key, s.label) for s in sides])
     verdicts = targets.serving_targets(rows)
     print()
     print(targets.format_targets(verdicts))
